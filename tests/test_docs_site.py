@@ -1,0 +1,147 @@
+"""The offline docs site: build it from nbs/ with tools/offline_docs.py, then load every page in headless
+Chromium and check that it renders, that its figures load, that nothing is fetched from the network and
+that no link between pages is broken. Screenshots go to tests/_out/docs_<page>.png."""
+from __future__ import annotations
+
+import json, re, subprocess, sys, time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / 'tools'))
+import offline_docs  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp('docs') / '_site'
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'offline_docs.py'), '--out', str(out), '--quiet'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"offline_docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    print(f"site built in {time.time() - t0:.1f} s")
+    return out
+
+
+def _shown_images(nb_path: Path) -> int:
+    "Image outputs of a notebook that the docs should show (not in hidden / output-less cells)."
+    nb = json.loads(nb_path.read_text(encoding='utf-8'))
+    n = 0
+    for c in nb['cells']:
+        if c['cell_type'] != 'code': continue
+        src = ''.join(c['source'])
+        if re.search(r'^\s*#\|\s*(hide|include:\s*false|output:\s*false)\s*$', src, re.M): continue
+        n += sum(any(k.startswith('image/') for k in o.get('data', {})) for o in c.get('outputs', []))
+    return n
+
+
+def _pages(site: Path) -> list[Path]:
+    return sorted(p for p in site.rglob('*.html'))
+
+
+def test_site_has_a_page_per_notebook(site):
+    cfg = offline_docs.nbdev_config()
+    nbs = Path(cfg.nbs_path)
+    pages = {p.relative_to(site).as_posix() for p in _pages(site)}
+    assert 'index.html' in pages and (site / 'site.css').exists()
+    for nb in offline_docs.list_notebooks(nbs):
+        want = offline_docs.page_name(nb, nbs, {}) if nb.stem != 'index' else 'index.html'
+        assert want in pages, f"{nb.name} has no page {want}; pages: {sorted(pages)}"
+    for p in _pages(site):
+        text = p.read_text(encoding='utf-8')
+        # offline: no stylesheet, script or image may come from the network
+        assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', text), f"{p.name} loads a remote resource"
+
+
+def test_pages_render_in_chromium(site, browser, out_dir):
+    cfg = offline_docs.nbdev_config()
+    nbs = Path(cfg.nbs_path)
+    expected_imgs = {}
+    for nb in offline_docs.list_notebooks(nbs):
+        expected_imgs[offline_docs.page_name(nb, nbs, {})] = (_shown_images(nb), nb.name)
+    page = browser.new_page()
+    remote, errors = [], []
+    page.on('request', lambda r: remote.append(r.url) if not r.url.startswith(('file:', 'data:', 'about:')) else None)
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    ids, links = {}, []
+    t0 = time.time()
+    for p in _pages(site):
+        rel = p.relative_to(site).as_posix()
+        page.goto(p.as_uri(), wait_until='load')
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=20_000)
+        title = page.locator('main h1.title').inner_text().strip()
+        assert title, f"{rel}: no title"
+        assert page.locator('nav.sidebar a.active').count() == 1, f"{rel}: the sidebar does not mark the page"
+        imgs = page.evaluate("() => [...document.querySelectorAll('main img')].map(i => [i.naturalWidth, i.naturalHeight, (i.src || '').slice(0, 40)])")
+        broken = [s for w, h, s in imgs if w == 0 or h == 0]
+        assert not broken, f"{rel}: {len(broken)} images did not load: {broken[:3]}"
+        want, nb_name = expected_imgs.get(rel, (0, None))
+        assert len(imgs) >= want, f"{rel}: shows {len(imgs)} figures but {nb_name} holds {want} image outputs"
+        # the raw notebook directives and Quarto attribute syntax must not leak into the page
+        body_text = page.locator('main').inner_text()
+        assert '{target="_blank"' not in body_text, f"{rel}: Quarto link attributes shown verbatim"
+        assert not re.search(r'^#\|\s*(export|hide)\b', body_text, re.M), f"{rel}: nbdev directives shown"
+        ids[p.resolve()] = set(page.evaluate("() => [...document.querySelectorAll('[id], a[name]')].map(e => e.id || e.name)"))
+        links += [(rel, h) for h in page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.href)")]
+        page.screenshot(path=str(out_dir / f"docs_{rel.replace('/', '_')[:-5]}.png"))
+    assert not remote, f"pages tried to fetch from the network: {sorted(set(remote))[:5]}"
+    assert not errors, f"JavaScript errors: {errors[:3]}"
+    # every link to a local file points at an existing page, and at an existing anchor on it
+    bad = []
+    for src, href in links:
+        u = urlparse(href)
+        if u.scheme != 'file': continue
+        target = Path(unquote(u.path)).resolve()
+        if not target.exists(): bad.append((src, href)); continue
+        if u.fragment and target in ids and unquote(u.fragment) not in ids[target]: bad.append((src, href))
+    assert not bad, f"{len(bad)} broken links, e.g. {bad[:5]}"
+    print(f"{len(ids)} pages, {len(links)} links checked in {time.time() - t0:.1f} s")
+
+
+def test_sidebar_navigation_clicks_through(site, browser):
+    page = browser.new_page()
+    page.goto((site / 'index.html').as_uri())
+    entries = page.locator('nav.sidebar li > a')
+    n = entries.count()
+    assert n >= 2
+    last = entries.nth(n - 1)
+    href = last.get_attribute('href')
+    last.click()
+    page.wait_for_load_state('load')
+    assert page.url.endswith(href.split('/')[-1])
+    assert page.locator('nav.sidebar a.active').get_attribute('href').endswith(href.split('/')[-1])
+    page.locator('nav.pager a.prev').click()             # back one chapter with the pager
+    page.wait_for_load_state('load')
+    assert page.locator('main h1.title').inner_text().strip()
+
+
+def test_readme_from_index_notebook(tmp_path):
+    "README.md without Quarto: the nbdev-processed index notebook through nbconvert's MarkdownExporter."
+    import nbformat
+    nbs = tmp_path / 'nbs'; nbs.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell('# abdomen_nb\n\n> Abdominal CT, one notebook at a time.'),
+        nbformat.v4.new_code_cell('#| hide\nSECRET = 1'),
+        nbformat.v4.new_markdown_cell('## Set-up\n\nSee the [viz chapter](02_viz.ipynb).'),
+        nbformat.v4.new_code_cell('1 + 1', outputs=[nbformat.v4.new_output('execute_result', {'text/plain': '2'}, execution_count=1)]),
+    ])
+    nbformat.write(nb, nbs / 'index.ipynb')
+    dest = offline_docs.build_readme(nbs, tmp_path / 'README.md')
+    text = dest.read_text()
+    assert text.splitlines()[2] == '# abdomen_nb', text[:300]
+    assert '> Abdominal CT, one notebook at a time.' in text
+    assert 'SECRET' not in text and '#|' not in text
+    assert '## Set-up' in text and '1 + 1' in text and '2' in text
+
+
+def test_quarto_config():
+    "The Quarto configuration for machines that have Quarto (`make docs-quarto`)."
+    q = yaml.safe_load((ROOT / '_quarto.yml').read_text())
+    assert q['project']['type'] == 'website'
+    assert q['project']['output-dir'] == '_docs'
+    assert 'html' in q['format']
+    assert q['website']['title']
