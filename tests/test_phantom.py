@@ -303,7 +303,8 @@ def test_rerun_skips_finished_and_never_overwrites(tmp_path, monkeypatch):
     assert {f: os.stat(out / f).st_mtime_ns for f in stamp} == stamp
     assert (foreign / 'notes.txt').read_text() == 'mine' and not (foreign / 'ct.nii.gz').exists()
     rows = {r['case_id']: r for r in csv.DictReader(open(out / 'meta.csv'))}
-    assert rows['BDMAP_00000001']['status'] == 'skipped' and rows['BDMAP_00000004']['status'] == 'ok'
+    assert rows['BDMAP_00000001']['status'] == 'ok' and rows['BDMAP_00000001']['run'] == 'existing'
+    assert rows['BDMAP_00000004']['status'] == 'ok' and rows['BDMAP_00000004']['run'] == 'written'
     assert rows['BDMAP_00000003']['status'] == 'failed' and 'overwrite=True' in rows['BDMAP_00000003']['error']
     assert (out / 'BDMAP_00000004' / 'truth.json').exists() and not (out / 'BDMAP_00000004' / P._MARK).exists()
     calls.clear()
