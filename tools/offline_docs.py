@@ -135,8 +135,8 @@ def process_notebook(path: Path, errors: list | None = None):
     except Exception as e:
         cause = e.__cause__ or e
         msg = f"{path.name}: nbdev could not run its show_doc cells ({type(cause).__name__}: {cause}); page built without API docs"
-        print('offline_docs: WARNING ' + msg, file=sys.stderr)
         if errors is not None: errors.append(msg)
+        else: print('offline_docs: WARNING ' + msg, file=sys.stderr)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             nb = _run_procs(path, with_show_doc=False)
@@ -225,6 +225,66 @@ def to_nbformat(nb, nbs_dir: Path):
     out = nbformat.v4.new_notebook(cells=cells)
     out.metadata['language_info'] = {'name': 'python'}
     return out
+
+
+# ---------------------------------------------------------------- processing many notebooks, with a cache
+CACHE_DIR = ROOT / '_proc' / 'offline_docs'   # ignored by git; `make clean` removes it
+DEFAULT_WORKERS = 1   # more workers each import the package's heavy dependencies again: rarely faster on 2 cores
+
+def _cache_key(path: Path, with_package: bool = False) -> str:
+    """Changes when the notebook, settings.ini or this script change (and, for `with_package`, any module
+    of the package: a page whose show_doc cells failed is retried once the code it imports changes)."""
+    import hashlib
+    h = hashlib.sha256()
+    files = [path, ROOT / 'settings.ini', Path(__file__)]
+    if with_package: files += sorted((ROOT / 'abdomen_nb').glob('*.py'))
+    for f in files: h.update(f.read_bytes() if f.exists() else b'')
+    h.update(str(path.resolve()).encode())
+    return h.hexdigest()[:32] + ('p' if with_package else '')
+
+def _process_for_site(path: str) -> dict:
+    "Worker: nbdev processing + clean-up of one notebook, as JSON-friendly data."
+    import nbformat
+    p, errors = Path(path), []
+    nb, fm = process_notebook(p, errors)
+    clean = to_nbformat(nb, p.parent)
+    return {'nb': nbformat.writes(clean), 'fm': json.loads(json.dumps(fm, default=str)), 'errors': errors}
+
+def processed_notebooks(paths, cache: Path | None = CACHE_DIR, workers: int = DEFAULT_WORKERS, quiet=False) -> dict:
+    """Process notebooks (in `workers` separate processes, so that one notebook's code cannot disturb the
+    next), reusing cached results for unchanged notebooks. Pages with processing errors are not cached."""
+    import nbformat
+    out, todo = {}, []
+    for p in paths:
+        hit = None
+        for f in ([cache / f'{_cache_key(p)}.json', cache / f'{_cache_key(p, True)}.json'] if cache else []):
+            if f.exists():
+                try: hit = json.loads(f.read_text(encoding='utf-8')); break
+                except ValueError: pass
+        if hit is not None: out[p] = hit
+        else: todo.append(p)
+    if todo and not quiet: print(f"offline_docs: processing {len(todo)} notebook(s) with nbdev ({len(paths) - len(todo)} cached)")
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        fn = _process_for_site
+        if __name__ == '__main__':   # run as a script: workers must find the function under an importable name
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import offline_docs
+            fn = offline_docs._process_for_site
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn')) as ex:
+            results = dict(zip(todo, ex.map(fn, [str(p) for p in todo])))
+    else:
+        results = {p: _process_for_site(str(p)) for p in todo}
+    for p, rec in results.items():
+        for e in rec['errors']: print('offline_docs: WARNING ' + e, file=sys.stderr)
+        out[p] = rec
+        if cache:
+            key = _cache_key(p, with_package=bool(rec['errors']))
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache / f'.{key}.{os.getpid()}.tmp'
+            tmp.write_text(json.dumps(rec), encoding='utf-8'); os.replace(tmp, cache / f'{key}.json')
+    return {p: {**rec, 'nb': nbformat.reads(rec['nb'], as_version=4)} for p, rec in out.items()}
 
 
 # ---------------------------------------------------------------- HTML
@@ -324,6 +384,11 @@ pre code { background:none; padding:0; } blockquote { margin:.6rem 0; padding:.2
 @media (max-width: 900px) { .layout { display:block; } nav.sidebar { position:static; width:auto; height:auto; border-right:0; border-bottom:1px solid var(--border); } main { padding:1rem; } }
 """
 
+def _count_images(nb) -> int:
+    "Image outputs a processed notebook shows (what the page must display)."
+    return sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb.cells
+               for o in c.get('outputs', []))
+
 def check_links(docs: dict, errors: list) -> dict:
     """Check every relative link between the pages (file and anchor). A link to a notebook that is not in
     nbs/ (a chapter not written yet) becomes plain text; a link to a missing anchor keeps only its page.
@@ -409,7 +474,8 @@ def _short_title(title: str) -> str:
     return title.split(':', 1)[0].strip() if ':' in title and len(title) > 28 else title
 
 
-def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: bool = False) -> list[dict]:
+def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: bool = False,
+               cache: Path | None = CACHE_DIR, workers: int = DEFAULT_WORKERS) -> list[dict]:
     "Build the whole static site into `out`; return one record per page."
     t0 = time.time()
     cfg = nbdev_config()
@@ -419,8 +485,11 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: 
     if not nav: raise SystemExit(f"No notebooks found in {nbs}.")
     doc_root = doc_url(cfg)
     pages, errors = [], []
+    recs = processed_notebooks([p for _, p in nav], cache, workers, quiet)
     for sec, path in nav:
-        nb, fm = process_notebook(path, errors)
+        rec = recs[path]
+        nb, fm = rec['nb'], rec['fm']
+        errors += rec['errors']
         title = str(fm.get('title') or path.stem)
         pages.append({'nb': path, 'section': sec, 'page': page_name(path, nbs, fm), 'title': title,
                       'short': _short_title(title), 'description': fm.get('description', ''), 'processed': nb})
@@ -442,7 +511,7 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: 
                 for q in pages if q is not p) + '</ul>'
             toc = []
         else:
-            body = render_body(to_nbformat(p['processed'], nbs), p['nb'].parent)
+            body = render_body(p['processed'], p['nb'].parent)
             body, toc = fix_html(body, p['page'], nb_to_page, doc_root)
         prev = (f'<a class="prev" href="{up}{pages[i-1]["page"]}">&larr; {_md_inline(pages[i-1]["short"])}</a>'
                 if i > 0 else '<span></span>')
@@ -462,6 +531,10 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: 
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(doc, encoding='utf-8')
     (out / '.nojekyll').write_text('')
+    manifest = [{'page': p['page'], 'title': p['title'], 'section': p['section'],
+                 'notebook': str(p['nb'].relative_to(nbs)) if p['nb'] else None,
+                 'figures': _count_images(p['processed']) if p['processed'] is not None else 0} for p in pages]
+    (out / 'pages.json').write_text(json.dumps(manifest, indent=1), encoding='utf-8')
     if not quiet: print(f"offline_docs: {len(pages)} pages in {out} ({time.time() - t0:.1f} s)")
     if errors:
         (out / 'build_warnings.txt').write_text('\n'.join(errors) + '\n', encoding='utf-8')
@@ -498,6 +571,10 @@ def build_readme(nbs: Path | None = None, dest: Path | None = None) -> Path | No
     if fm.get('description'): head += f"> {fm['description']}\n\n"
     text = '<!-- WARNING: THIS FILE WAS AUTOGENERATED! DO NOT EDIT! (made from nbs/index.ipynb) -->\n\n' + head + body.lstrip()
     text = re.sub(r'\n{3,}', '\n\n', text)
+    # links to chapters: from the repository top the notebooks are under nbs/
+    rel = os.path.relpath(nbs.resolve(), dest.parent.resolve()).replace(os.sep, '/')
+    text = re.sub(r'\]\((?![a-z]+:|/|#)([^)\s]+\.ipynb)((?:#[^)\s]*)?)\)',
+                  lambda m: f"]({rel}/{m.group(1)}{m.group(2)})" if (nbs / m.group(1)).exists() else m.group(0), text)
     files_dir = dest.parent / f'{dest.stem}_files'
     if res.get('outputs'):
         shutil.rmtree(files_dir, ignore_errors=True)
@@ -517,11 +594,13 @@ def main(argv=None) -> int:
     ap.add_argument('--readme-only', action='store_true', help='only regenerate README.md from the index notebook')
     ap.add_argument('--quiet', action='store_true')
     ap.add_argument('--strict', action='store_true', help='fail when a notebook cannot be fully processed')
+    ap.add_argument('--no-cache', action='store_true', help=f'reprocess every notebook (cache: {CACHE_DIR.relative_to(ROOT)})')
+    ap.add_argument('--workers', type=int, default=DEFAULT_WORKERS, help='processes for the nbdev processing')
     a = ap.parse_args(argv)
     if a.readme_only:
         build_readme(a.nbs)
         return 0
-    build_site(Path(a.out).resolve(), a.nbs, a.quiet, a.strict)
+    build_site(Path(a.out).resolve(), a.nbs, a.quiet, a.strict, None if a.no_cache else CACHE_DIR, a.workers)
     return 0
 
 if __name__ == '__main__':
