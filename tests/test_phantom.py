@@ -124,6 +124,7 @@ def test_organ_volume_and_hu_match_truth(cases):
                 vals = c.ct[m & ~les]
                 se = o['std_hu'] / np.sqrt(max(len(vals), 1))
                 assert abs(vals.mean() - o['mean_hu']) <= HU_TOL + 4 * se, (c.case_id, name, vals.mean(), o['mean_hu'])
+                assert abs(vals.std() - o['std_hu']) <= 0.2 * o['std_hu'] + 2, (c.case_id, name, vals.std(), o['std_hu'])
 
 
 def _longest_axial(mask, sp):
@@ -160,6 +161,7 @@ def _check_lesions(c, diam_tol):
             se = t['noise_hu'] / np.sqrt(n)
             slack = 3.0 + (8.0 if l['sharpness'] < 0.5 else 0.0) + 3 * l['heterogeneity'] * 15 / np.sqrt(n)
             assert abs(c.ct[m].mean() - l['mean_hu']) <= slack + 4 * se, (c.case_id, l, c.ct[m].mean())
+            if n >= 30: assert abs(c.ct[m].std() - l['std_hu']) <= 0.35 * l['std_hu'] + 3, (l['std_hu'], c.ct[m].std())
         # sub-segments holding > 10 % of the tumor: the measured ones agree away from the 10 % boundary
         group = P.ORGAN_GROUP[l['organ']]
         if group in ('liver', 'pancreas'):
