@@ -3,7 +3,7 @@ Chromium and check that it renders, that its figures load, that nothing is fetch
 that no link between pages is broken. Screenshots go to tests/_out/docs_<page>.png."""
 from __future__ import annotations
 
-import json, re, subprocess, sys, time
+import json, os, re, subprocess, sys, time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -18,16 +18,29 @@ import offline_docs  # noqa: E402
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp('docs') / '_site'
+    "The site, built once per test session (shared by pytest-xdist workers through a lock)."
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'): base = base.parent        # the session's folder, shared by workers
+    out = base / 'docs_site' / '_site'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(base / 'docs_site.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (out / 'pages.json').exists(): _build(out)
+        finally: fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
+
+
+def _build(out: Path):
     nbs = Path(offline_docs.nbdev_config().nbs_path)
-    raw = {nb.name: _shown_images(nb) for nb in offline_docs.list_notebooks(nbs)}   # read before the build
+    raw = {nb.relative_to(nbs).as_posix(): _shown_images(nb) for nb in offline_docs.list_notebooks(nbs)}   # read before the build
     (out.parent / 'raw_images.json').write_text(json.dumps(raw))
     t0 = time.time()
     r = subprocess.run([sys.executable, str(ROOT / 'tools' / 'offline_docs.py'), '--out', str(out), '--quiet'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"offline_docs.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     print(f"site built in {time.time() - t0:.1f} s")
-    return out
 
 
 def _shown_images(nb_path: Path) -> int:
@@ -51,9 +64,11 @@ def test_site_has_a_page_per_notebook(site):
     nbs = Path(cfg.nbs_path)
     pages = {p.relative_to(site).as_posix() for p in _pages(site)}
     assert 'index.html' in pages and (site / 'site.css').exists()
-    for nb in offline_docs.list_notebooks(nbs):
+    built_from = json.loads((site.parent / 'raw_images.json').read_text())   # the notebooks there at build time
+    for name in built_from:
+        nb = nbs / name
         want = offline_docs.page_name(nb, nbs, {}) if nb.stem != 'index' else 'index.html'
-        assert want in pages, f"{nb.name} has no page {want}; pages: {sorted(pages)}"
+        assert want in pages, f"{name} has no page {want}; pages: {sorted(pages)}"
     for p in _pages(site):
         text = p.read_text(encoding='utf-8')
         # offline: no stylesheet, script or image may come from the network
@@ -67,7 +82,7 @@ def test_pages_render_in_chromium(site, browser, out_dir):
     raw_images = json.loads((site.parent / 'raw_images.json').read_text())
     expected_imgs = {m['page']: (m['figures'], m['notebook']) for m in manifest}
     for m in manifest:
-        if m['notebook'] and raw_images.get(Path(m['notebook']).name, 0) > 0:
+        if m['notebook'] and raw_images.get(m['notebook'], 0) > 0:
             assert m['figures'] > 0, f"{m['notebook']} holds figures but its processed page has none"
     page = browser.new_page()
     remote, errors = [], []
