@@ -58,7 +58,7 @@ def test_view3d_widget_carries_volume_labels_and_spacing():
         assert (labels == k).sum() > 0 or not case.masks[name].any()
     # the window on the CT and the display convention
     assert (ct_vol.cal_min, ct_vol.cal_max) == (-160.0, 240.0)
-    assert nv.opts.is_radiological_convention
+    assert nv.opts.is_radiological_convention and nv.opts.sagittal_nose_left   # as the static figures
 
 
 def test_view3d_itk_backend_explains_how_to_install():
@@ -162,6 +162,7 @@ def test_view3d_draws_in_jupyterlab(lab, browser, out_dir):
     case, shown = _case()
     colours = {n: STRUCTURE_COLOURS[n] for n in shown}
     t0 = time.time()
+    (out_dir / 'view3d_lab_failed.png').unlink(missing_ok=True)
     page = browser.new_page()
     page.set_viewport_size({'width': 1400, 'height': 1000})
     console = []
