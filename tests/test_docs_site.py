@@ -166,3 +166,19 @@ def test_quarto_config():
     assert q['project']['output-dir'] == '_docs'
     assert 'html' in q['format']
     assert q['website']['title']
+
+
+def test_sidebar_order_from_sidebar_yml(tmp_path):
+    "nbs/sidebar.yml (nbdev / Quarto format) sets the order and sections; unlisted notebooks follow, by number."
+    import nbformat
+    for name in ('index.ipynb', '00_core.ipynb', '02_viz.ipynb', '10_seg.ipynb', '_draft.ipynb'):
+        nbformat.write(nbformat.v4.new_notebook(), tmp_path / name)
+    (tmp_path / 'sidebar.yml').write_text(yaml.safe_dump({'website': {'sidebar': {'contents': [
+        'index.ipynb', {'section': 'Basics', 'contents': ['02_viz.ipynb', '00_core.ipynb', 'gone.ipynb']}]}}}))
+    settings = offline_docs.site_settings(offline_docs.nbdev_config(), tmp_path)
+    nav = [(sec, p.name) for sec, p in offline_docs.navigation(tmp_path, settings)]
+    assert nav == [(None, 'index.ipynb'), ('Basics', '02_viz.ipynb'), ('Basics', '00_core.ipynb'),
+                   ('Segmentation and benchmarking', '10_seg.ipynb')]
+    (tmp_path / 'sidebar.yml').unlink()
+    nav = [(sec, p.name) for sec, p in offline_docs.navigation(tmp_path, offline_docs.site_settings(offline_docs.nbdev_config(), tmp_path))]
+    assert [n for _, n in nav] == ['index.ipynb', '00_core.ipynb', '02_viz.ipynb', '10_seg.ipynb']
