@@ -6,12 +6,12 @@
 __all__ = ['AFFINE', 'BATCHNORM', 'POOLS', 'stabilise', 'bn_scale_shift', 'fuse_affine_bn', 'affine_apply', 'zb_relevance',
            'switch', 'LRPFlex', 'lrp_heatmap', 'flat_layers', 'lrp_sequential']
 
-# %% ../nbs/60_lrp.ipynb #9de5d5ca
+# %% ../nbs/60_lrp.ipynb #f165cb9b
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/60_lrp.ipynb #d0e464cc
+# %% ../nbs/60_lrp.ipynb #e4b8cb32
 AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -24,7 +24,7 @@ def stabilise(z:torch.Tensor, # pre-activations (B, ...)
     if torch.is_tensor(eps): eps = eps.reshape(-1, *([1] * (z.dim() - 1))).to(z)
     return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z)
 
-# %% ../nbs/60_lrp.ipynb #cd193030
+# %% ../nbs/60_lrp.ipynb #0e038e7d
 def _channel_view(v, like):
     "Shape a per-channel vector (C,) to broadcast against `like` (B, C, ...)"
     return v.reshape(1, -1, *([1] * (like.dim() - 2)))
@@ -59,7 +59,7 @@ def affine_apply(layer:nn.Module, # Conv/Linear layer whose stride, padding... a
     if isinstance(layer, nn.Linear): return F.linear(x, weight, bias)
     return layer._conv_forward(x, weight, bias)
 
-# %% ../nbs/60_lrp.ipynb #02443de5
+# %% ../nbs/60_lrp.ipynb #5455eb56
 def zb_relevance(layer:nn.Module, # first Conv/Linear layer
                  x:torch.Tensor, # its input (B, C, ...), values in [low, high]
                  R:torch.Tensor, # relevance at the layer's output (after BN, if fused)
@@ -80,7 +80,7 @@ def zb_relevance(layer:nn.Module, # first Conv/Linear layer
     Rin = x * cx + lo * cl + hi * ch
     return Rin if create_graph else Rin.detach()
 
-# %% ../nbs/60_lrp.ipynb #277274ec
+# %% ../nbs/60_lrp.ipynb #caab6806
 def _gate(t, keep):
     "Identity on `t` whose backward passes the gradient only while `keep()` is true"
     t = t.view_as(t)
@@ -96,7 +96,7 @@ def switch(normal:torch.Tensor, # what the value and ordinary backward passes us
     b = _gate(lrp, explaining)
     return a + (b - b.detach())
 
-# %% ../nbs/60_lrp.ipynb #6a9398f7
+# %% ../nbs/60_lrp.ipynb #ccf3e7c4
 class LRPFlex:
     "Differentiable LRP-ε (Z^B or ε at the first layer) for Conv/Linear(+BN) → ReLU networks, from one hooked forward"
     def __init__(self, model:nn.Module, # network; every ReLU a separate, non-inplace `nn.ReLU` module
@@ -125,7 +125,7 @@ class LRPFlex:
     def __call__(self, x:torch.Tensor) -> torch.Tensor:
         "Forward pass that records what the heatmap needs; returns the model's output"
         self.x, self.first, self.first_bn, self.first_z, self.z1, self.a1 = x, None, None, None, None, None
-        if self.first_rule == 'eps' and not x.requires_grad: self.x = x = x.detach().requires_grad_()
+        if not x.requires_grad: self.x = x = x.detach().requires_grad_()   # a graph even for frozen models
         return self.model(x)
 
     def _affine_hook(self, m, inp, out):
@@ -172,7 +172,7 @@ class LRPFlex:
         w, _ = fuse_affine_bn(self.first, self.first_bn, self.first_z)
         return zb_relevance(self.first, self.x, R1, w, self.low, self.high, self.eps, create_graph)
 
-# %% ../nbs/60_lrp.ipynb #89ec4320
+# %% ../nbs/60_lrp.ipynb #4866ff2f
 def lrp_heatmap(model:nn.Module, # Conv/Linear(+BN) -> ReLU network
                 x:torch.Tensor, # input (B, C, H, W) or (B, C, D, H, W), values in [low, high]
                 target:torch.Tensor=None, # (B,) class to explain; None: the predicted class
@@ -185,7 +185,7 @@ def lrp_heatmap(model:nn.Module, # Conv/Linear(+BN) -> ReLU network
         target = y.argmax(1) if target is None else torch.as_tensor(target).to(y.device)
         return lrp.explain(y.gather(1, target.reshape(-1, 1)).squeeze(1), create_graph)
 
-# %% ../nbs/60_lrp.ipynb #b9afc84a
+# %% ../nbs/60_lrp.ipynb #061a3503
 def flat_layers(model:nn.Module) -> list:
     "The leaf modules of a (nested) `nn.Sequential`, in order"
     return [m for m in model.modules() if len(list(m.children())) == 0]
