@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 STAMP := .venv/.installed
 
-.PHONY: demo test export-check nbtest pytest docs docs-quarto lab browser clean
+.PHONY: demo test export-check nbtest pytest docs docs-quarto lab browser clean nbclean
 
 $(STAMP): settings.ini setup.py
 	test -x $(PY) || python3 -m venv .venv
@@ -37,12 +37,13 @@ browser:
 
 # Offline docs site (no Quarto needed): processed notebooks -> static HTML in _site/.
 docs: $(STAMP)
-	$(BIN)/nbdev_readme 2>/dev/null || $(PY) tools/offline_docs.py --readme-only
+	if command -v quarto >/dev/null; then $(BIN)/nbdev_readme; else $(PY) tools/offline_docs.py --readme-only; fi
 	$(PY) tools/offline_docs.py --out _site
 	@echo "docs: open _site/index.html"
 
 # The Quarto path, for machines that have Quarto.
 docs-quarto: $(STAMP)
+	ln -sf ../_quarto.yml nbs/_quarto.yml   # nbdev 2 reads nbs/_quarto.yml; the top-level file is the one kept
 	$(BIN)/nbdev_docs
 
 lab: $(STAMP)
@@ -50,3 +51,8 @@ lab: $(STAMP)
 
 clean:
 	rm -rf _site _proc _docs runs tests/_out
+
+# Strip stored widget state and clean every notebook (run before committing notebooks).
+nbclean: $(STAMP)
+	$(PY) tools/strip_widget_state.py nbs/*.ipynb
+	$(BIN)/nbdev_clean
