@@ -13,17 +13,17 @@ from scipy import ndimage
 
 from .core import (AtlasDataset, CTCase, EmptyMaskError, GridMismatchError, LESION_PREFIX, LESIONS,
                              LESION_TYPES, LESION_UNIONS, LIVER_SEGMENTS, MissingStructureError, PANCREAS_PARTS,
-                             bbox, check_mask, resample_array, write_json)
+                             bbox, check_mask, orientation, resample_array, write_json)
 
 # %% auto #0
 __all__ = ['REPORT_ORGANS', 'LESION_ORGANS', 'ORGAN_RULES', 'LARGE_LESION_MM', 'SMALL_LESION_MM', 'MIN_LESION_MM3',
            'STAGING_VESSELS', 'CONTACT_ORGANS', 'PNET_T4_ORGANS', 'PNET_T3_ORGANS', 'NON_CONTRAST', 'STRUCT26',
-           'SUBSEGMENT_MAPS', 'PART_WORD', 'STAGE_ORDER', 'LESION_COLUMNS', 'METADATA_COLUMNS', 'lesion_masks',
-           'phase_of', 'mask_box', 'union_box', 'boxes_overlap', 'touches_border', 'iso_crop', 'original_slice',
-           'lesion_instances', 'axial_diameters', 'hu_stats', 'attenuation', 'subsegments', 'location_text', 'parts_of',
-           'organ_flags', 'dilate_mm', 'contact_angle', 'contact_verdict', 't_stage', 'resectability', 'highest_stage',
-           'MeasurementWarning', 'measure_organs', 'measure_case', 'organ_table', 'lesion_table', 'metadata_row',
-           'metadata_table']
+           'SUBSEGMENT_MAPS', 'PART_WORD', 'STAGE_ORDER', 'PANCREAS_SPLIT', 'LESION_COLUMNS', 'METADATA_COLUMNS',
+           'lesion_masks', 'phase_of', 'mask_box', 'union_box', 'boxes_overlap', 'touches_border', 'iso_crop',
+           'original_slice', 'lesion_instances', 'axial_diameters', 'hu_stats', 'attenuation', 'subsegments',
+           'location_text', 'parts_of', 'pancreas_axis', 'pancreas_parts_from_sma', 'organ_flags', 'dilate_mm',
+           'contact_angle', 'contact_verdict', 't_stage', 'resectability', 'highest_stage', 'MeasurementWarning',
+           'measure_organs', 'measure_case', 'organ_table', 'lesion_table', 'metadata_row', 'metadata_table']
 
 # %% ../nbs/20_measure.ipynb #eeb423e3
 REPORT_ORGANS = ['liver', 'pancreas', 'spleen', 'kidney_right', 'kidney_left']  # organs with a FINDINGS block
@@ -235,6 +235,46 @@ def parts_of(sub:CTCase, organ:str) -> dict:
         lm = sub.labels[lname]; return {n: lm == i for i, n in enumerate(names, start=1)}
     return {n: sub.masks[n] for n in names if n in sub.masks}
 
+# %% ../nbs/20_measure.ipynb #2b64226e
+def pancreas_axis(pancreas:np.ndarray, # (X, Y, Z) bool on a RAS+ grid
+                  sma:np.ndarray, # (X, Y, Z) bool: the superior mesenteric artery, same grid
+                  spacing, # voxel size (mm) along x, y, z
+                  cross_mm:float=5.0, # the crossing: SMA voxels within this of the SMA's closest approach to the axis
+                 ) -> dict:  # box (slices), centre_mm (from the box's first voxel), axis (unit, towards the patient's right), t_sma, t_mid, t_min, t_max (mm along the axis)
+    "The pancreas's first principal axis and, along it, where the SMA crosses and where body meets tail."
+    box = mask_box(pancreas)
+    if box is None: raise EmptyMaskError("The pancreas mask is empty: there is nothing to split into head, body and tail.")
+    sp = np.asarray(spacing, float)
+    p, s = np.argwhere(pancreas[box]) * sp, np.argwhere(sma[box]) * sp     # mm from the box's first voxel
+    if len(s) == 0:   # the SMA passes just outside the box: take it on the pancreas's axial slices
+        zs = (slice(None), slice(None), box[2])
+        s = (np.argwhere(sma[zs]) - [box[0].start, box[1].start, 0]) * sp
+    if len(s) == 0:
+        raise MissingStructureError("The SMA mask has no voxel on the pancreas's axial slices, so the head cannot be told "
+                                    "from the body. Check that both masks belong to this case, or give a 'pancreas_parts' label map.")
+    c = p.mean(0)
+    _, v = np.linalg.eigh((p - c).T @ (p - c))
+    axis = v[:, -1] if v[0, -1] >= 0 else -v[:, -1]    # RAS+: +x is the patient's right
+    t, ts = (p - c) @ axis, (s - c) @ axis
+    off = np.linalg.norm((s - c) - ts[:, None] * axis, axis=1)   # each SMA voxel's distance from the axis line
+    t_sma, t_min = float(np.median(ts[off <= off.min() + cross_mm])), float(t.min())
+    return {'box': box, 'centre_mm': c, 'axis': axis, 't_sma': t_sma, 't_mid': (t_min + t_sma) / 2,
+            't_min': t_min, 't_max': float(t.max())}
+
+def pancreas_parts_from_sma(pancreas:np.ndarray, # (X, Y, Z) bool on a RAS+ grid
+                            sma:np.ndarray, # (X, Y, Z) bool: the superior mesenteric artery, same grid
+                            spacing, # voxel size (mm) along x, y, z
+                            cross_mm:float=5.0, # see `pancreas_axis`
+                           ) -> np.ndarray:  # (X, Y, Z) uint8: 1 head, 2 body, 3 tail, 0 outside the pancreas
+    "Head / body / tail label map by RadGPT's rule: the head lies on the patient's right of the SMA along the pancreas's first principal axis; the rest is halved into body and tail."
+    g = pancreas_axis(pancreas, sma, spacing, cross_mm)
+    box, a = g['box'], g['axis']
+    x, y, z = (np.arange(b.stop - b.start) * s - c for b, s, c in zip(box, np.asarray(spacing, float), g['centre_mm']))
+    t = (x * a[0])[:, None, None] + (y * a[1])[None, :, None] + (z * a[2])[None, None, :]
+    out = np.zeros(pancreas.shape, np.uint8)
+    out[box] = np.where(pancreas[box], np.where(t > g['t_sma'], 1, np.where(t > g['t_mid'], 2, 3)), 0)
+    return out
+
 # %% ../nbs/20_measure.ipynb #dd7ab906
 def organ_flags(organ:str, # a name in ORGAN_RULES
                 volume_cm3:float|None, # None when the organ touches the border
@@ -423,6 +463,28 @@ def measure_organs(case:CTCase, boxes:dict, lesion_names:list, phase, spacing:fl
                              phase, spleen))
     return out
 
+# %% ../nbs/20_measure.ipynb #81ac3f41
+PANCREAS_SPLIT = {None: 'no pancreatic lesion to locate', 'given': "the case's own head/body/tail label map or masks",
+                  'derived from the SMA': 'pancreas_parts_from_sma on the pancreas and SMA masks',
+                  'unavailable': 'no head/body/tail map and no way to derive one: pancreatic locations are unknown'}
+
+def _pancreas_split(case:CTCase, boxes:dict, cfg:dict, warn) -> tuple[CTCase, str | None]:
+    "Where the head/body/tail of pancreatic lesions comes from (a `PANCREAS_SPLIT` key), and the case to measure."
+    typed, union = lesion_masks(case.masks, 'pancreas')
+    if not any(boxes.get(n) is not None for n in typed + [union]): return case, None
+    if SUBSEGMENT_MAPS['pancreas'][0] in case.labels or any(n in case.masks for n in PANCREAS_PARTS): return case, 'given'
+    if 'pancreas' not in case.masks or 'superior_mesenteric_artery' not in case.masks: return case, 'unavailable'
+    try:
+        if orientation(case.affine)[0] != 'R':
+            raise GridMismatchError(f"the grid is {orientation(case.affine)}, not RAS+, so +x is not the patient's right.")
+        parts = pancreas_parts_from_sma(case.masks['pancreas'], case.masks['superior_mesenteric_artery'], case.spacing)
+    except (EmptyMaskError, MissingStructureError, GridMismatchError) as e:
+        if cfg['strict']: raise
+        warn(f"Cannot split the pancreas into head, body and tail: {e} Pancreatic lesion locations are unknown.")
+        return case, 'unavailable'
+    return CTCase(case.ct, case.affine, case.masks, {**case.labels, SUBSEGMENT_MAPS['pancreas'][0]: parts}, case.meta), \
+           'derived from the SMA'
+
 # %% ../nbs/20_measure.ipynb #1ab3d2a1
 def _lesion_group(case:CTCase, organ:str, boxes:dict, organs:dict, phase, cfg:dict, warn) -> list[dict]:
     "Measure every lesion of one organ group (liver / pancreas / kidney)."
@@ -545,6 +607,7 @@ def measure_case(case:CTCase, # masks, sub-segment label maps and meta (phase, d
     needed = set(REPORT_ORGANS + lesion_names + CONTACT_ORGANS + LIVER_SEGMENTS + PANCREAS_PARTS
                  + [v for vs in STAGING_VESSELS.values() for v in vs])
     boxes = {n: mask_box(m) for n, m in case.masks.items() if n in needed}
+    case, split = _pancreas_split(case, boxes, cfg, warn)
     phase = phase_of(case.meta)
     organs = measure_organs(case, boxes, lesion_names, phase, spacing)
     lesions = []
@@ -559,7 +622,7 @@ def measure_case(case:CTCase, # masks, sub-segment label maps and meta (phase, d
             'sex': meta.get('sex'), 'age': meta.get('age'), 'scanner': meta.get('scanner'),
             'hospital': meta.get('hospital'), 'shape': list(case.shape),
             'spacing_mm': [round(s, 4) for s in case.spacing],
-            'organs': organs, 'lesions': lesions, 'warnings': notes,
+            'organs': organs, 'lesions': lesions, 'pancreas_split': split, 'warnings': notes,
             'settings': {k: v for k, v in cfg.items() if k not in ('strict', 'names')}}
 
 # %% ../nbs/20_measure.ipynb #57077a3e

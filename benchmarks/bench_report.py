@@ -3,7 +3,8 @@
 Target (issue 4): at most 5 s on one core and at most 3 GiB peak memory (RSS, case included).
 Uses `abdomen_nb.phantom.make_case(size='full')` when the phantom chapter provides it, else a hand-made
 case with the same ingredients (10+ structures, sub-segment maps, vessels, 5 tumors incl. a pancreatic
-tumor wrapped around the SMA).
+tumor wrapped around the SMA). On the phantom case it then times the head/body/tail split from the SMA
+(`pancreas_parts_from_sma`, reports.md) with its Dice against the phantom's own map, and a report without that map.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_report.py [--runs 5] [--profile]
 """
@@ -14,7 +15,8 @@ import argparse, cProfile, pstats, resource, statistics, sys, time
 import numpy as np
 
 from abdomen_nb.core import CTCase
-from abdomen_nb.measure import measure_case
+from abdomen_nb.critic import dice
+from abdomen_nb.measure import measure_case, pancreas_parts_from_sma
 from abdomen_nb.report import structured_report, narrative_rules, faithfulness
 
 SHAPE, SPACING = (512, 512, 300), (0.8, 0.8, 1.0)
@@ -132,6 +134,20 @@ def main(argv=None):
               f"{ {k: v for k, v in (l.get('vessel_contact_deg') or {}).items() if v} }")
     print(f"structured report: median {statistics.median(times):.2f} s over {a.runs} runs "
           f"(min {min(times):.2f}, max {max(times):.2f}); peak RSS {peak_rss_gib():.2f} GiB")
+    if src == 'phantom':   # the head/body/tail split of reports.md, against the phantom's own map
+        t0 = time.perf_counter()
+        parts = pancreas_parts_from_sma(case.masks['pancreas'], case.masks['superior_mesenteric_artery'], case.spacing)
+        t_split = time.perf_counter() - t0
+        own = case.labels['pancreas_parts']
+        d = [dice(parts == k, own == k) for k in (1, 2, 3)]
+        print(f"pancreas split from the SMA: {t_split:.2f} s; Dice with the phantom's map: head {d[0]:.3f}, "
+              f"body {d[1]:.3f}, tail {d[2]:.3f}")
+        del parts
+        no_map = CTCase(case.ct, case.affine, case.masks, {k: v for k, v in case.labels.items() if k != 'pancreas_parts'}, case.meta)
+        t0 = time.perf_counter(); m2 = measure_case(no_map); structured_report(m2); t_no = time.perf_counter() - t0
+        print(f"structured report without the parts map ({m2['pancreas_split']}): {t_no:.2f} s; pancreatic locations "
+              f"{[l['location'] for l in m2['lesions'] if l['organ'] == 'pancreas']} (with the map: "
+              f"{[l['location'] for l in m['lesions'] if l['organ'] == 'pancreas']})")
     if a.profile:
         pr = cProfile.Profile(); pr.enable(); measure_case(case); pr.disable()
         pstats.Stats(pr).sort_stats('cumulative').print_stats(25)
