@@ -137,7 +137,7 @@ def cohort(tmp_path_factory):
 def trained(cohort, tmp_path_factory):
     root, ids = cohort
     out = tmp_path_factory.mktemp('ckpt')
-    cfg = seg.seg_config('tiny', iterations=120, val_every=60, seed=0, lr=1e-2)
+    cfg = seg.seg_config('tiny', iterations=150, val_every=75, seed=0)
     model = seg.train(cfg, [root / c for c in ids[:6]], [root / ids[6]], out_dir=out, progress=False)
     return model, out
 
@@ -154,27 +154,27 @@ def test_tiny_unet_beats_chance_clearly_on_held_out_phantoms(cohort, trained):
         # chance: a random mask with the organ's own voxel fraction has expected Dice ~ that fraction
         chance.append(np.mean([truth.masks[c].mean() for c in core.TOUCHSTONE_CLASSES]))
     mean, ch = float(np.mean(scores)), float(np.mean(chance))
-    print(f"\ntiny U-Net, 120 steps: mean DSC on {len(scores)} held-out phantoms {mean:.3f} (chance ~{ch:.3f})")
+    print(f"\ntiny U-Net, 150 steps: mean DSC on {len(scores)} held-out phantoms {mean:.3f} (chance ~{ch:.3f})")
     assert mean > 0.2 and mean > 5 * ch
 
 
 class Oracle(torch.nn.Module):
-    "A 'network' that knows the answer: channel i is positive where the windowed image is near level_i."
-    def __init__(self, cfg, levels):
+    "A 'network' that knows the answer: channel i is positive where the windowed image lies in band i."
+    def __init__(self, cfg, bands):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(()))
-        self.levels, self.seg_config = levels, cfg
+        self.bands, self.seg_config = bands, cfg
     def forward(self, x):
-        return torch.cat([40 * (0.03 - (x - l).abs()) for l in self.levels], 1) + self.w
+        return torch.cat([40 * torch.minimum(x - lo, hi - x) for lo, hi in self.bands], 1) + self.w
 
 
-def lps_case_dir(root, shape=(30, 26, 18), spacing=(1.5, 1.5, 2.5)):
+def lps_case_dir(root, shape=(40, 34, 24), spacing=(1.5, 1.5, 2.5)):
     "Two organs of distinct HU on a noiseless grid, stored LPS."
     ras = np.diag([*spacing, 1.0]); ras[:3, 3] = (-20, 10, -40)
     g = np.indices(shape)
-    liver = ((g[0] - 10) ** 2 / 36 + (g[1] - 12) ** 2 / 49 + (g[2] - 8) ** 2 / 16) <= 1
-    spleen = ((g[0] - 22) ** 2 / 9 + (g[1] - 10) ** 2 / 16 + (g[2] - 10) ** 2 / 9) <= 1
-    ct = np.full(shape, -80.0, np.float32); ct[liver] = 60; ct[spleen] = 160
+    liver = ((g[0] - 13) ** 2 / 81 + (g[1] - 15) ** 2 / 100 + (g[2] - 11) ** 2 / 36) <= 1
+    spleen = ((g[0] - 30) ** 2 / 36 + (g[1] - 14) ** 2 / 49 + (g[2] - 12) ** 2 / 16) <= 1
+    ct = np.full(shape, -80.0, np.float32); ct[liver] = 60; ct[spleen] = 240
     flip = np.array([[-1, 0, 0, shape[0] - 1], [0, -1, 0, shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], float)
     case = CTCase(ct, ras, {'liver': liver, 'spleen': spleen}, meta={'case_id': 'BDMAP_00000042', 'source_affine': ras @ flip})
     return write_case(case, Path(root) / 'BDMAP_00000042')
@@ -187,9 +187,11 @@ def test_predictions_land_on_the_original_grid_of_an_lps_case(tmp_path, model_sp
     assert core.orientation(case.meta['source_affine']) == 'LPS'
     sp = case.spacing if model_spacing == 'same' else (3.0, 3.0, 3.0)
     cfg = seg.seg_config('tiny', classes=['liver', 'spleen'], spacing=tuple(sp), roi=(16, 16, 16))
-    lo, hi = cfg.window
-    oracle = Oracle(cfg, [(60 - lo) / (hi - lo), (160 - lo) / (hi - lo)])
-    paths = seg.write_predictions(seg.predict(case, oracle, postprocess=False), d)
+    w = lambda hu: (hu - cfg.window[0]) / (cfg.window[1] - cfg.window[0])
+    # each band starts half-way between the organ and its darker neighbour (the 0.5 level of a linearly resampled edge)
+    oracle = Oracle(cfg, [(w(-10), w(150)), (w(80), 2.0)])
+    # the largest component drops the rim of 'liver' that a blurred spleen edge produces at coarse spacing
+    paths = seg.write_predictions(seg.predict(case, oracle, postprocess=model_spacing != 'same'), d)
     ct_img = nib.load(d / 'ct.nii.gz')
     for name, p in zip(['liver', 'spleen'], paths):
         img = nib.load(p)
@@ -198,7 +200,7 @@ def test_predictions_land_on_the_original_grid_of_an_lps_case(tmp_path, model_sp
         if model_spacing == 'same':
             assert np.array_equal(pred, truth)                       # voxel-exact
         else:
-            assert ts.dsc(pred, truth) > 0.8
+            assert ts.dsc(pred, truth) > 0.9
             shift = np.abs(ndimage.center_of_mass(pred) - np.array(ndimage.center_of_mass(truth)))
             assert shift.max() < 0.5                                 # no systematic shift (voxels)
 
@@ -207,7 +209,7 @@ def test_train_resumes_to_the_same_weights_and_the_seed_decides_everything(tmp_p
     cases = [make_case(s, size='mini') for s in (300, 301)]
     cfg = seg.seg_config('tiny', iterations=4, val_every=2, augment=True)
     a = seg.train(cfg, cases, out_dir=tmp_path / 'a', progress=False)
-    seg.train(seg.seg_config('tiny', iterations=2, val_every=2), cases, out_dir=tmp_path / 'b', progress=False)
+    seg.train(seg.seg_config('tiny', iterations=2, val_every=2, augment=True), cases, out_dir=tmp_path / 'b', progress=False)
     b = seg.train(cfg, cases, out_dir=tmp_path / 'b', resume=True, progress=False)
     assert list(b.history['step']) == [2, 4]
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -221,7 +223,7 @@ def test_multiclass_mode_trains_and_predicts():
     c = make_case(302, size='mini')
     cfg = seg.seg_config('tiny', 'segresnet', mode='multiclass', iterations=2, val_every=2, classes=['liver', 'spleen'])
     img, lab = seg.draw_batch(seg.make_cache([c], cfg), cfg, 0)
-    assert img.shape == (4, 1, 32, 32, 32) and lab.shape == (4, 1, 32, 32, 32) and int(lab.max()) <= 2
+    assert img.shape == (2, 1, 32, 32, 32) and lab.shape == (2, 1, 32, 32, 32) and int(lab.max()) <= 2
     m = seg.train(cfg, [c], [c], progress=False)
     pred = seg.predict(c, m)
     assert sorted(pred.masks) == ['liver', 'spleen'] and pred.masks['liver'].shape == c.shape
@@ -279,7 +281,7 @@ def test_torchrun_two_cpu_processes_on_gloo(cohort, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                         '-m', 'abdomen_nb.seg', 'train', str(data), '--out', str(tmp_path / 'ddp'),
                         '--iterations', '3', '--val-every', '3', '--no-progress'],
-                       capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+                       capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert 'DDP: 2 processes, parameters identical across ranks' in r.stdout
     hist = pd.read_csv(tmp_path / 'ddp' / 'history.csv')
