@@ -109,7 +109,7 @@ class LRPFlex:
             if isinstance(m, nn.ReLU) and m.inplace:
                 raise ValueError(f"LRPFlex needs non-inplace ReLUs; build {m} with inplace=False")
         self.model, self.eps, self.first_rule, self.low, self.high = model, eps, first_rule, low, high
-        self.handles, self.explaining = [], False
+        self.handles, self.tensor_hooks, self.explaining = [], [], False
 
     def __enter__(self):
         for m in self.model.modules():
@@ -119,8 +119,11 @@ class LRPFlex:
         return self
 
     def __exit__(self, *exc):
-        for h in self.handles: h.remove()
-        self.handles = []
+        # The ReLU hooks hold tensors of the graph they sit on (a reference cycle through autograd's C++
+        # nodes that Python cannot collect); they are no-ops outside `explain`, so drop them here.
+        for h in self.handles + self.tensor_hooks: h.remove()
+        self.handles, self.tensor_hooks = [], []
+        self.x = self.first = self.first_bn = self.first_z = self.z1 = self.a1 = None
 
     def __call__(self, x:torch.Tensor) -> torch.Tensor:
         "Forward pass that records what the heatmap needs; returns the model's output"
@@ -149,7 +152,7 @@ class LRPFlex:
         b = getattr(z, '_lrp_bias', None)
         den = F.relu(getattr(z, '_lrp_den', z if b is None else z - b + b.detach()))  # value of a, bias detached
         factor = a / stabilise(den, self.eps)
-        a.register_hook(lambda g: g * factor if self.explaining else g)
+        self.tensor_hooks.append(a.register_hook(lambda g: g * factor if self.explaining else g))
         if self.a1 is None and self.first is not None and z is self.z1:
             self.a1 = a.view_as(a)          # relevance at the first layer's output is a1 · grad(a1)
             return self.a1
