@@ -6,7 +6,7 @@
 __all__ = ['PALETTE', 'paint', 'coloured_digits', 'pyramid', 'explanation_loss', 'sample_eps', 'heatmap_of', 'student_like',
            'features', 'distill_loss', 'distill']
 
-# %% ../nbs/62_explanation_distillation.ipynb #134e7cb4
+# %% ../nbs/62_explanation_distillation.ipynb #fa6b7f19
 import copy, math, time
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .lrp import LRPFlex
 from .isnet import digit_images, tiny_cnn, accuracy, stochastic_classes
 
-# %% ../nbs/62_explanation_distillation.ipynb #33cf0aef
+# %% ../nbs/62_explanation_distillation.ipynb #fb236aa8
 PALETTE = torch.tensor([[1., .1, .1], [.1, 1., .1], [.2, .3, 1.], [1., 1., .1], [1., .1, 1.],
                         [.1, 1., 1.], [1., .55, .1], [.6, .2, 1.], [.6, 1., .6], [1., 1., 1.]])
 
@@ -39,7 +39,7 @@ def coloured_digits(n_train=1000, # training images (teacher and student use the
                 test_random_colour=(paint(x[te], rand(len(y) - n_train)), y[te]),
                 test_wrong_colour=(paint(x[te], wrong), y[te]))
 
-# %% ../nbs/62_explanation_distillation.ipynb #dcf606a8
+# %% ../nbs/62_explanation_distillation.ipynb #39c7364f
 def pyramid(H:torch.Tensor, # heatmap (B, C, H, W)
             min_size=8, # stop when the side reaches this many pixels
            ) -> list:
@@ -58,7 +58,7 @@ def explanation_loss(Hs:torch.Tensor, # student heatmap (B, C, H, W), differenti
         losses.append(((s - t).abs().flatten(1).mean(1) / g).mean())
     return torch.stack(losses).mean()
 
-# %% ../nbs/62_explanation_distillation.ipynb #4f58cc2a
+# %% ../nbs/62_explanation_distillation.ipynb #a7887637
 def sample_eps(n:int, generator:torch.Generator=None) -> torch.Tensor:
     "ε = 10^U(-2, -1), one per sample"
     return 10 ** (-2 + torch.rand(n, generator=generator))
@@ -69,7 +69,7 @@ def heatmap_of(model:nn.Module, x:torch.Tensor, cls:torch.Tensor, eps, create_gr
         logits = lrp(x)
         return lrp.explain(logits.gather(1, cls[:, None]).squeeze(1), create_graph)
 
-# %% ../nbs/62_explanation_distillation.ipynb #37c2d8d1
+# %% ../nbs/62_explanation_distillation.ipynb #1568b7d2
 def student_like(teacher:nn.Sequential, # trained teacher; its last module is the Linear classifier
                  make_model, # () -> a fresh network of the teacher's architecture
                 ) -> nn.Sequential:
@@ -83,7 +83,7 @@ def features(model:nn.Sequential, x:torch.Tensor) -> torch.Tensor:
     "Penultimate features: everything before the last layer"
     return model[:-1](x)
 
-# %% ../nbs/62_explanation_distillation.ipynb #32503ace
+# %% ../nbs/62_explanation_distillation.ipynb #4c717704
 def distill_loss(student:nn.Module, teacher:nn.Module, x:torch.Tensor,
                  method:str, # 'lrp', 'logits' or 'features'
                  generator:torch.Generator=None, T=4.0, # temperature for 'logits'
