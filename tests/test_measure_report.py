@@ -140,7 +140,9 @@ def test_sphere_diameters_equal_2r(r, off):
     n = int(2 * r + 8)
     ball = _ball((n, n, n), [n / 2 + o for o in off], r)
     d = axial_diameters(ball)
-    assert abs(d['longest_mm'] - 2 * r) <= 1.0
+    # voxel-centre distances of a small digital disc can fall a little over a voxel short (hypothesis:
+    # r = 3.44 at a half-voxel offset measures 5.83 mm, 1.04 voxels short); from r = 5 mm on, within a voxel
+    assert abs(d['longest_mm'] - 2 * r) <= (1.0 if r >= 5 else 1.5)
     # the perpendicular is measured across the (possibly diagonal) long axis of a digital disc: within a
     # voxel from r = 5 mm on; below that the digital disc is a polygon with a few pixels a side
     # The perpendicular is the width of the digital disc across its (often diagonal) long axis, measured on
