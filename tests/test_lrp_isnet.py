@@ -50,6 +50,21 @@ def test_zplus_closed_form():
     np.testing.assert_allclose(Hr[0].detach().numpy(), R, rtol=1e-12)
 
 
+
+def test_alphabeta_closed_form():
+    # alpha = 2, beta = 1 at the first layer: R_i = sum_j (2 p_ji / (P_j + .01) - n_ji / (N_j - .01)) R_j,
+    # p / n the positive / negative contributions x_i w_ji (unit 0 has none negative: its N_j = 0 term is 0)
+    x = torch.tensor([[1., 2.]], dtype=torch.double)
+    pos = np.array([[1 * 1., 2 * .5], [1 * 2., 0.]]); neg = np.array([[0., 0.], [0., 2 * -.5]])
+    Rj = np.array([[2.5], [-1.]])
+    R = (2 * pos / (pos.sum(1, keepdims=True) + .01) * Rj).sum(0)
+    R[1] -= neg[1, 1] / (neg[1].sum() - .01) * Rj[1, 0]
+    Hr = lrp_sequential(hand_network(), x, [0], first_rule='alphabeta', alpha=2., beta=1.)
+    np.testing.assert_allclose(Hr[0].detach().numpy(), R, rtol=1e-12)
+    # alpha = 1, beta = 0 is z+
+    np.testing.assert_allclose(lrp_sequential(hand_network(), x, [0], first_rule='alphabeta')[0].detach().numpy(),
+                               lrp_sequential(hand_network(), x, [0], first_rule='zplus')[0].detach().numpy(), rtol=1e-12)
+
 def cnn(dim=2, bn=False, seed=0):
     torch.manual_seed(seed)
     Conv, BN, Pool = ((nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if dim == 2 else
