@@ -6,7 +6,7 @@
 __all__ = ['PALETTE', 'paint', 'coloured_digits', 'pyramid', 'explanation_loss', 'sample_eps', 'heatmap_of', 'student_like',
            'features', 'distill_loss', 'distill']
 
-# %% ../nbs/62_explanation_distillation.ipynb #fa6b7f19
+# %% ../nbs/62_explanation_distillation.ipynb #3e0a94b1
 import copy, math, time
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .lrp import LRPFlex
 from .isnet import digit_images, tiny_cnn, accuracy, stochastic_classes
 
-# %% ../nbs/62_explanation_distillation.ipynb #fb236aa8
+# %% ../nbs/62_explanation_distillation.ipynb #7ec0e266
 PALETTE = torch.tensor([[1., .1, .1], [.1, 1., .1], [.2, .3, 1.], [1., 1., .1], [1., .1, 1.],
                         [.1, 1., 1.], [1., .55, .1], [.6, .2, 1.], [.6, 1., .6], [1., 1., 1.]])
 
@@ -39,7 +39,7 @@ def coloured_digits(n_train=1000, # training images (teacher and student use the
                 test_random_colour=(paint(x[te], rand(len(y) - n_train)), y[te]),
                 test_wrong_colour=(paint(x[te], wrong), y[te]))
 
-# %% ../nbs/62_explanation_distillation.ipynb #39c7364f
+# %% ../nbs/62_explanation_distillation.ipynb #499a8ee7
 def pyramid(H:torch.Tensor, # heatmap (B, C, H, W)
             min_size=8, # stop when the side reaches this many pixels
            ) -> list:
@@ -58,7 +58,7 @@ def explanation_loss(Hs:torch.Tensor, # student heatmap (B, C, H, W), differenti
         losses.append(((s - t).abs().flatten(1).mean(1) / g).mean())
     return torch.stack(losses).mean()
 
-# %% ../nbs/62_explanation_distillation.ipynb #a7887637
+# %% ../nbs/62_explanation_distillation.ipynb #ecbcbca8
 def sample_eps(n:int, generator:torch.Generator=None) -> torch.Tensor:
     "ε = 10^U(-2, -1), one per sample"
     return 10 ** (-2 + torch.rand(n, generator=generator))
@@ -69,7 +69,7 @@ def heatmap_of(model:nn.Module, x:torch.Tensor, cls:torch.Tensor, eps, create_gr
         logits = lrp(x)
         return lrp.explain(logits.gather(1, cls[:, None]).squeeze(1), create_graph)
 
-# %% ../nbs/62_explanation_distillation.ipynb #1568b7d2
+# %% ../nbs/62_explanation_distillation.ipynb #009cd6c7
 def student_like(teacher:nn.Sequential, # trained teacher; its last module is the Linear classifier
                  make_model, # () -> a fresh network of the teacher's architecture
                 ) -> nn.Sequential:
@@ -83,7 +83,7 @@ def features(model:nn.Sequential, x:torch.Tensor) -> torch.Tensor:
     "Penultimate features: everything before the last layer"
     return model[:-1](x)
 
-# %% ../nbs/62_explanation_distillation.ipynb #4c717704
+# %% ../nbs/62_explanation_distillation.ipynb #8900f7ef
 def distill_loss(student:nn.Module, teacher:nn.Module, x:torch.Tensor,
                  method:str, # 'lrp', 'logits' or 'features'
                  generator:torch.Generator=None, T=4.0, # temperature for 'logits'
@@ -103,15 +103,16 @@ def distill_loss(student:nn.Module, teacher:nn.Module, x:torch.Tensor,
     raise ValueError(f"method must be 'lrp', 'logits' or 'features', not {method!r}")
 
 def distill(teacher:nn.Module, make_model, x:torch.Tensor, # training images (no labels)
-            method:str, epochs=8, batch_size=64, lr=3e-3, seed=0) -> tuple:
-    "Train a student (last layer copied from the teacher, frozen); returns (student, per-epoch losses)"
+            method:str, epochs=24, batch_size=64, lr=5e-3, seed=0) -> tuple:
+    "Train a student (last layer copied from the teacher, frozen; Adam, cosine decay); returns (student, per-epoch losses)"
     student = student_like(teacher, make_model).train()
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     g, log = torch.Generator().manual_seed(seed), []
     for epoch in range(epochs):
         losses = []
         for i in torch.randperm(len(x), generator=g).split(batch_size):
             opt.zero_grad(); loss = distill_loss(student, teacher, x[i], method, g)
             loss.backward(); opt.step(); losses.append(loss.item())
-        log.append(float(np.mean(losses)))
+        sched.step(); log.append(float(np.mean(losses)))
     return student.eval(), log
