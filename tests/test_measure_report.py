@@ -5,7 +5,7 @@ Expected values come from the phantom's truth (`case.meta['truth']`) or from geo
 never from the code under test."""
 from __future__ import annotations
 
-import json, math, warnings
+import json, math, re, warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,19 @@ def test_report_texts_on_the_phantom(pdac_case):
         assert f['faithful'], (seed, f)
     assert label_report(text) == {'liver': 'yes', 'pancreas': 'yes', 'kidney': 'yes'}
 
+
+
+@pytest.mark.parametrize('seed', [17, 22])
+def test_organ_statement_after_a_lesion_is_not_read_as_its_location(seed):
+    # the 'flowing' style puts "Enlarged left kidney." right after a pancreatic lesion in one paragraph;
+    # these two phantoms once made the checker give the pancreatic lesion the kidney's side
+    m = measure_case(phantom.make_case(seed, size='mini'))
+    text = narrative_rules(m, seed=seed, style='flowing')
+    assert re.search(r'\(\d+\.\d x \d+\.\d cm\)[^.]*\. Enlarged (?:left|right) kidney\.', text), text[-300:]
+    assert faithfulness(text, m)['faithful'], faithfulness(text, m)
+    # the same sentence naming the lesion is still read as its location
+    lied = text.replace('Enlarged left kidney.', 'It lies in the left kidney.').replace('Enlarged right kidney.', 'It lies in the right kidney.')
+    assert any('location' in c for c in faithfulness(lied, m)['contradictions'])
 
 def test_metadata_row(pdac_case):
     case, m = pdac_case
