@@ -287,3 +287,19 @@ def test_torchrun_two_cpu_processes_on_gloo(cohort, tmp_path):
     hist = pd.read_csv(tmp_path / 'ddp' / 'history.csv')
     assert hist['world_size'].iloc[-1] == 2 and hist['step'].iloc[-1] == 3
     assert seg.load_model(tmp_path / 'ddp') is not None
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_separable_resampling_equals_monai(flip):
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(2, 9, 7, 5, generator=g)
+    A = np.diag([5.0, 5.0, 4.0, 1.0]); A[:3, 3] = (-20.0, 13.0, -7.5)
+    B = np.diag([0.8, -0.8 if flip else 0.8, 1.25, 1.0]); B[:3, 3] = (-23.0, 40.0 if flip else 9.0, -12.0)
+    shape = (61, 52, 30)   # reaches past the source on some sides: border padding
+    ref = SpatialResample(mode='bilinear', padding_mode='border')(MetaTensor(src, affine=torch.as_tensor(A)),
+                                                                  dst_affine=torch.as_tensor(B), spatial_size=shape)
+    np.testing.assert_allclose(seg.resample_linear(src, A, B, shape).numpy(), np.asarray(ref), atol=1e-5)
+    R = np.eye(4); R[:2, :2] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]
+    assert seg.resample_linear(src, A, R @ B, shape) is None     # oblique: the caller falls back to MONAI
