@@ -133,6 +133,11 @@ def main(argv=None):
     if not (case_dir / 'ct.nii.gz').exists():
         write_case(CTCase(case.ct, case.affine, {}, {}, {}), case_dir, overwrite=True)
     del case, probs
+    # the whole `abdomen-nb segment` path for this case: read the NIfTI, predict, write 9 masks
+    import shutil, tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(case_dir, Path(tmp) / 'BDMAP_00000001')
+        res['segment_case_s'], seg_ts, _ = timed(lambda: seg.segment_dataset(tmp, model, overwrite=True, progress=False), args.runs)
     ctx = mp.get_context('spawn'); q = ctx.Queue()
     p = ctx.Process(target=_peak_child, args=(args, case_dir, q)); p.start(); mem = q.get(timeout=1800); p.join()
     res.update(mem)
@@ -144,6 +149,7 @@ def main(argv=None):
     print(f"  back to the grid + largest comp.   {res['to_grid_lcc_s']:8.3f} s")
     print(f"  back to the grid, every blob       {res['to_grid_every_blob_s']:8.3f} s   (postprocess=False: no coarse pruning)")
     print(f"  seg.predict, whole case            {res['predict_total_s']:8.3f} s   (runs: {', '.join(f'{t:.2f}' for t in all_ts)})")
+    print(f"  segment_dataset, one case          {res['segment_case_s']:8.3f} s   (read ct.nii.gz + predict + write 9 masks; runs: {', '.join(f'{t:.2f}' for t in seg_ts)})")
     print(f"  peak memory during predict         {res['predict_extra_mb']:8.0f} MB above the {res['rss_before_mb']:.0f} MB "
           f"resident before it (libraries, model, the CT of {res['ct_mb']:.0f} MB); peak RSS {res['rss_peak_mb']:.0f} MB")
     if args.json:
