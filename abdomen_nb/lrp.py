@@ -237,16 +237,16 @@ def lrp_sequential(model:nn.Sequential, # Conv/Linear, BatchNorm, ReLU, pooling,
             w, b = wb
             this = 'top' if seen == 1 else first_rule if seen == n_affine else rule
             if this == 'zb': R = zb_relevance(m, a_in, R, w, low, high, eps); continue
-            if this == 'alphabeta':   # alpha x (share of z+) - beta x (share of z-); biases left out, as in z+
-                parts = [(k, wk) for k, wk in ((alpha, w.clamp(min=0)), (-beta, w.clamp(max=0))) if k != 0]
+            if this in ('zplus', 'alphabeta'):   # alpha x (share of z+) - beta x (share of z-); z+ is alpha 1, beta 0
+                ab = (1., 0.) if this == 'zplus' else (alpha, beta)   # biases are left out of both
                 Rs = []
-                for k, wk in parts:
+                for k, wk in zip((ab[0], -ab[1]), (w.clamp(min=0), w.clamp(max=0))):
+                    if k == 0: continue
                     zk = affine_apply(m, a_in, wk)
                     (c,) = torch.autograd.grad(zk, a_in, k * R / stabilise(zk, eps), create_graph=True)
                     Rs.append(a_in * c)
                 R = sum(Rs); continue
             if this == 'top': s = F.one_hot(target, out.shape[1]).to(out)        # R/z = 1 at the output
-            elif this == 'zplus': w = w.clamp(min=0); s = R / stabilise(affine_apply(m, a_in, w), eps)
             elif this == 'eps': s = R / stabilise(affine_apply(m, a_in, w, b.detach()), eps)
             else: raise ValueError(f"unknown rule {this!r}")
             (c,) = torch.autograd.grad(affine_apply(m, a_in, w), a_in, s, create_graph=True)

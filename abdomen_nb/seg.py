@@ -407,13 +407,10 @@ def infer(model:nn.Module, image:torch.Tensor, # (1, X, Y, Z) preprocessed input
         probs /= 1 + len(axes)
     return probs[0].cpu()
 
-def case_box(region, # bool (X', Y', Z') on the model grid, or a tuple of slices of it
-             affine, # the model grid's affine
-             case:CTCase, margin:int=1, # model voxels added around `region`
-            ) -> tuple[slice, ...] | None:
-    "The box of `case`'s voxel grid that covers `region` of another grid (plus `margin` of its voxels)."
-    box = region if isinstance(region, tuple) else bbox(np.asarray(region), margin)
-    if box is None: return None
+def case_box(box:tuple, # slices of another grid (e.g. the model grid)
+             affine, # that grid's affine
+             case:CTCase) -> tuple[slice, ...]:
+    "The box of `case`'s voxel grid that covers `box` of another grid (plus a voxel on each side)."
     A = np.asarray(affine, float)
     corners = np.array(list(itertools.product(*[(s.start, s.stop - 1) for s in box])), float)
     ijk = (corners @ A[:3, :3].T + A[:3, 3] - case.affine[:3, 3]) @ np.linalg.inv(case.affine[:3, :3]).T
@@ -442,13 +439,15 @@ def probs_to_masks(probs:torch.Tensor, # (C, X', Y', Z') probabilities on the mo
                    case:CTCase, cfg:SegConfig, threshold:float=0.5,
                    postprocess:bool=True) -> dict[str, np.ndarray]:
     "Resample probabilities onto `case`'s grid inside each structure's box, binarise, keep single components."
-    rs = SpatialResample(mode='bilinear', padding_mode='border')
-    src = MetaTensor(probs.float(), affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
     def back(box, channels):   # resample `channels` into the sub-block `box` of the case grid
         sub = case.affine.copy(); sub[:3, 3] = case.world([s.start for s in box])
         size = tuple(s.stop - s.start for s in box)
-        out = resample_linear(src.as_tensor()[channels], affine, sub, size)   # oblique grids: MONAI's general path
-        return np.asarray(out if out is not None else rs(src[channels], dst_affine=torch.as_tensor(sub), spatial_size=size))
+        out = resample_linear(probs[channels].float(), affine, sub, size)
+        if out is None:        # oblique grids: MONAI's general path
+            out = SpatialResample(mode='bilinear', padding_mode='border')(
+                MetaTensor(probs[channels].float(), affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64)),
+                dst_affine=torch.as_tensor(sub), spatial_size=size)
+        return np.asarray(out)
     def boxes(region):         # one case-grid box per connected blob of `region` (1 model voxel of margin)
         grown = ndimage.binary_dilation(np.asarray(region), np.ones((3, 3, 3), bool))
         return [case_box(b, affine, case) for b in ndimage.find_objects(ndimage.label(grown)[0])]

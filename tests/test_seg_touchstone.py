@@ -303,3 +303,20 @@ def test_separable_resampling_equals_monai(flip):
     np.testing.assert_allclose(seg.resample_linear(src, A, B, shape).numpy(), np.asarray(ref), atol=1e-5)
     R = np.eye(4); R[:2, :2] = [[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]]
     assert seg.resample_linear(src, A, R @ B, shape) is None     # oblique: the caller falls back to MONAI
+
+
+def test_oblique_model_grid_falls_back_to_monai():
+    # a model grid rotated against the CT grid: probs_to_masks takes MONAI's general resampling
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+    case = CTCase(np.zeros((40, 36, 20), np.float32), np.diag([1.5, 1.5, 2.5, 1.0]), {})
+    R = np.eye(4); R[:2, :2] = [[np.cos(0.2), -np.sin(0.2)], [np.sin(0.2), np.cos(0.2)]]
+    A = R @ np.diag([4.0, 4.0, 5.0, 1.0]); A[:3, 3] = (2.0, -3.0, 1.0)
+    g = np.indices((16, 14, 10))
+    probs = torch.from_numpy((((g[0] - 8) ** 2 / 16 + (g[1] - 7) ** 2 / 9 + (g[2] - 5) ** 2 / 9) <= 1).astype(np.float32))[None]
+    assert seg.resample_linear(probs, A, case.affine, case.shape) is None
+    cfg = seg.seg_config('tiny', classes=['liver'])
+    got = seg.probs_to_masks(probs, A, case, cfg, postprocess=False)['liver']
+    ref = np.asarray(SpatialResample(mode='bilinear', padding_mode='border')(
+        MetaTensor(probs, affine=torch.as_tensor(A)), dst_affine=torch.as_tensor(case.affine), spatial_size=case.shape))[0] >= 0.5
+    assert got.sum() > 100 and np.array_equal(got, ref)
