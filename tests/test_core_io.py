@@ -200,3 +200,29 @@ def test_resample_keeps_world_positions():
     centre_before = c.world(np.argwhere(m).mean(0))
     centre_after = r.world(np.argwhere(r.mask('liver')).mean(0))
     np.testing.assert_allclose(centre_after, centre_before, atol=1.0)
+
+
+@pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    "Atomic writes (NIfTI, JSON) get 0666 & ~umask, as a plain open() would, and leave no temporary file."
+    old = __import__('os').umask(umask)
+    try:
+        case = CTCase(np.zeros((4, 4, 4), np.float32), np.eye(4), {'liver': np.ones((4, 4, 4), bool)},
+                      meta={'case_id': 'BDMAP_1', 'sex': 'F'})
+        d = write_case(case, tmp_path / 'BDMAP_1')
+    finally:
+        __import__('os').umask(old)
+    files = [p for p in d.rglob('*') if p.is_file()]
+    assert {p.name for p in files} >= {'ct.nii.gz', 'liver.nii.gz', 'meta.json'}
+    for p in files:
+        assert p.stat().st_mode & 0o777 == mode, (p, oct(p.stat().st_mode & 0o777))
+    assert not [p for p in d.rglob('.tmp_*')]
+
+
+def test_core_dice_is_the_plain_definition():
+    a = np.zeros((10, 10), bool); a[:5] = True
+    b = np.zeros((10, 10), bool); b[:3] = True
+    assert core.dice(a, b) == 2 * 30 / (50 + 30)
+    assert core.dice(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
+    from abdomen_nb.touchstone import dsc    # Touchstone's variant adds 1 to the denominator
+    assert dsc(a, b) == 2 * 30 / (50 + 30 + 1)
