@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from abdomen_nb import vqa
+from abdomen_nb import vqa_answerers as va
 from abdomen_nb.core import AtlasDataset, write_case
 
 SPECS = {  # seed -> (phase, tumors): lesions big and far from the rules' thresholds. The patients drawn for these
@@ -376,50 +377,60 @@ def test_scorer_reproduces_hand_computed_scores():
 
 
 def test_tool_answerer_is_exact_with_given_masks(cases, records):
-    tool = vqa.ToolAnswerer()
+    tool = va.ToolAnswerer()
     for form in ('mc', 'free'):
-        s = vqa.score(records, vqa.predict(tool, cases, records, form), form)
+        s = vqa.score(records, va.predict(tool, cases, records, form), form)
         assert s.overall == pytest.approx(1.0), s.subtypes[s.subtypes['score'] < 1]
 
 
 def test_baselines_and_small_model(cases, records):
     train = [r for r in records if r['case_id'] != cases[0].case_id]
     test = [r for r in records if r['case_id'] == cases[0].case_id]
-    chance = vqa.score(test, vqa.predict(vqa.ChanceAnswerer().fit(None, train), None, test, 'mc'), 'mc')
+    chance = vqa.score(test, va.predict(va.ChanceAnswerer().fit(None, train), None, test, 'mc'), 'mc')
     assert 0.05 < chance.overall < 0.6
-    model = vqa.VQAModelAnswerer(epochs=3, size=16).fit(cases, train)
-    preds = vqa.predict(model, cases, test, 'mc')
+    model = va.VQAModelAnswerer(epochs=3, size=16).fit(cases, train)
+    preds = va.predict(model, cases, test, 'mc')
     assert all(p in 'ABCD' and p for p in preds.values())
-    free = vqa.predict(model, cases, test, 'free')
+    free = va.predict(model, cases, test, 'free')
     for r in test:
         if r['answer_type'] == 'number': assert vqa.parse_number(free[r['qid']]) is not None
         if r['answer_type'] == 'yesno': assert free[r['qid']] in ('Yes', 'No')
 
 
 def test_transformers_adapter_with_a_tiny_random_model(cases, records):
-    model, proc = vqa.tiny_vlm(seed=0)
-    vlm = vqa.HFVLMAnswerer(model, proc, max_new_tokens=4, name='tiny')
+    model, proc = va.tiny_vlm(seed=0)
+    vlm = va.HFVLMAnswerer(model, proc, max_new_tokens=4, name='tiny')
     few = records[:3]
-    out = vqa.predict(vlm, cases, few, 'mc')
+    out = va.predict(vlm, cases, few, 'mc')
     assert set(out) == {r['qid'] for r in few} and all(isinstance(v, str) for v in out.values())
     vqa.score(few, out, 'mc')                                      # whatever it says can be scored
 
 
 def test_transformers_adapter_loads_a_local_folder(tmp_path, cases):
-    model, proc = vqa.tiny_vlm(seed=1)
+    model, proc = va.tiny_vlm(seed=1)
     model.save_pretrained(tmp_path); proc.save_pretrained(tmp_path)
-    vlm = vqa.HFVLMAnswerer.from_pretrained(str(tmp_path), max_new_tokens=3)
+    vlm = va.HFVLMAnswerer.from_pretrained(str(tmp_path), max_new_tokens=3)
     a = vlm.answer(cases[2], 'Is there a lesion in the liver?')
     b = vlm.answer(cases[2], 'Is there a lesion in the liver?')
     assert isinstance(a, str) and a == b                                # greedy: deterministic
 
 
+def vqa_cli(argv) -> int:
+    "`abdomen-nb vqa ARGS` as the console script runs it: through `pipeline.main` once it routes `vqa` to"
+    "`vqa_answerers`, else the same function with the entry point's error handling."
+    from abdomen_nb import pipeline
+    from abdomen_nb.core import AbdomenNBError
+    if pipeline.SUBCOMMANDS['vqa'][0] == 'vqa_answerers': return pipeline.main(['vqa', *argv])
+    try: return va.main_vqa(argv)
+    except AbdomenNBError as e:
+        print(f'abdomen-nb vqa: {type(e).__name__}: {e}'); return 1
+
+
 def test_cli_end_to_end(tmp_path, cases):
-    from abdomen_nb.pipeline import main
     root = tmp_path / 'data'
     for i, c in enumerate(cases, start=1): write_case(c, root / f'BDMAP_{i:08d}')
-    q = tmp_path / 'q.jsonl'
-    assert vqa.main_vqa(['generate', str(root), '--out', str(q), '--fractions', '1', '1', '1']) == 0
+    q = tmp_path / 'run' / 'q.jsonl'
+    assert vqa_cli(['generate', str(root), '--out', str(q), '--fractions', '1', '1', '1']) == 0
     recs = vqa.read_jsonl(q)
     assert {r['split'] for r in recs} == {'train', 'validation', 'test'}
     assert len({r['split'] for r in recs if r['case_id'] == recs[0]['case_id']}) == 1
@@ -427,17 +438,18 @@ def test_cli_end_to_end(tmp_path, cases):
               'question_subtype', 'spacing', 'shape', 'sex', 'age', 'scanner', 'phase'):
         assert f in recs[0]
     p = tmp_path / 'p.jsonl'
-    assert main(['vqa', 'answer', str(root), str(q), '--answerer', 'tool', '--split', 'all', '--out', str(p)]) == 0
+    assert vqa_cli(['answer', str(root), str(q), '--answerer', 'tool', '--split', 'all', '--out', str(p)]) == 0
     out = tmp_path / 's.json'
-    assert main(['vqa', 'score', str(q), str(p), '--json', str(out)]) == 0
+    assert vqa_cli(['score', str(q), str(p), '--json', str(out)]) == 0
     assert json.loads(out.read_text())['summary']['overall'] == pytest.approx(100.0)
     pm = tmp_path / 'pm.jsonl'
-    assert vqa.main_vqa(['answer', str(root), str(q), '--answerer', 'majority', '--out', str(pm)]) == 0
-    assert vqa.main_vqa(['score', str(q), str(pm), '--split', 'test']) == 0
+    assert vqa_cli(['answer', str(root), str(q), '--answerer', 'majority', '--out', str(pm)]) == 0
+    assert vqa_cli(['score', str(q), str(pm), '--split', 'test']) == 0
     # errors say what is wrong
-    assert main(['vqa', 'score', str(tmp_path / 'missing.jsonl'), str(p)]) == 1
+    assert vqa_cli(['score', str(tmp_path / 'missing.jsonl'), str(p)]) == 1
     bad = tmp_path / 'bad.jsonl'; bad.write_text('{"qid": 1}\nnot json\n')
-    assert main(['vqa', 'score', str(q), str(bad)]) == 1
+    assert vqa_cli(['score', str(q), str(bad)]) == 1
+    assert vqa_cli(['answer', str(root), str(q), '--split', 'nosuchsplit', '--out', str(tmp_path / 'x.jsonl')]) == 1
 
 
 def test_hospital_split_holds_out_whole_hospitals(records):
@@ -454,9 +466,9 @@ def test_tool_answerer_with_a_mask_model(cases):
     "A 'model' that shrinks the spleen: the tool answers from the predicted masks, so the answer follows them."
     from scipy import ndimage
     shrink = lambda case: {'spleen': ndimage.binary_erosion(case.masks['spleen'], iterations=2)}
-    tool = vqa.ToolAnswerer(model=shrink)
+    tool = va.ToolAnswerer(model=shrink)
     q = 'What is the volume of the spleen in cm³?'
-    given = float(vqa.ToolAnswerer().answer(cases[0], q))
+    given = float(va.ToolAnswerer().answer(cases[0], q))
     predicted = float(tool.answer(cases[0], q))
     assert tool.name == 'tool (predicted masks)' and predicted < 0.8 * given
 
@@ -466,7 +478,7 @@ def test_demo_stage(tmp_path, cases):
     root = tmp_path / 'data'
     for i, c in enumerate(cases, start=1): write_case(c, root / f'BDMAP_{i:08d}')
     t0 = time.perf_counter()
-    page = vqa.demo_stage(AtlasDataset(root), tmp_path)
+    page = va.demo_stage(AtlasDataset(root), tmp_path)
     took = time.perf_counter() - t0
     assert '<table' in page and 'tool (given masks)' in page and (tmp_path / 'questions.jsonl').exists()
     assert took < 120, took      # ~5 s on an idle 2-core machine; generous for a shared one
