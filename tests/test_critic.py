@@ -1,4 +1,5 @@
-"""Label Critic (abdomen_nb.critic): projection geometry, critics on corruptions with a clear truth, symmetry,
+"""Label Critic (abdomen_nb.critic): projection geometry, the projections against a transcription of the published
+Label Critic pipeline (torch + OpenCV, skipped without OpenCV), critics on corruptions with a clear truth, symmetry,
 the VLM procedure (stub and a tiny config-built transformers model) and the command line end to end.
 Cases come from the phantom, whose recorded masks are the truth; geometry checks use hand-built volumes."""
 import csv, json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from abdomen_nb import critic as C
-from abdomen_nb.core import CTCase, read_case, write_case, AtlasDataset
+from abdomen_nb.core import CTCase, read_case, write_case, AtlasDataset, dice
 from abdomen_nb.phantom import make_case, make_cohort
 
 ORGANS = ('liver', 'spleen', 'kidney_left', 'kidney_right')
@@ -70,12 +71,12 @@ def test_known_voxel_count_projects_to_expected_pixel_sum():
     counts = v.counts(m)
     assert counts.sum() == 12 * 10 * 8
     assert counts.max() == 10 and counts.shape == (case.shape[2], case.shape[0])
-    # on the 1 x 1 mm grid the silhouette is 12 x 2 mm wide by 8 x 3 mm tall, plus the pixels the linear
-    # resampling grazes (the lift keeps every nonzero pixel): up to one voxel more along each axis
-    sil = C.lift_mask(C._mm_grid(counts, case.spacing))
+    # on the 1 x 1 mm grid (120 x 120 px for 60 x 2 mm by 40 x 3 mm) nearest-neighbour resampling maps each
+    # voxel to exactly 2 columns and 3 rows: the box is a filled 24 x 24 px square
+    sil = v.mask_1mm(m)
+    assert sil.shape == (120, 120)
     rows, cols = np.nonzero(sil.any(1))[0], np.nonzero(sil.any(0))[0]
-    assert 24 <= len(rows) <= 24 + 3 + 1 and 24 <= len(cols) <= 24 + 2 + 1
-    assert sil.sum() == len(rows) * len(cols)            # a box projects to a filled rectangle
+    assert len(rows) == 24 and len(cols) == 24 and sil.sum() == 24 * 24
 
 
 def test_display_longest_side_and_windows():
@@ -83,9 +84,136 @@ def test_display_longest_side_and_windows():
     for w in C.CRITIC_WINDOWS:
         v = C.frontal_view(case, w)
         assert max(v.ct.shape) == 512 and 0 <= v.ct.min() and v.ct.max() <= 1
-    # 1 x 1 mm grid keeps proportions: 100 mm (x) by 120 mm (z)
-    v = C.frontal_view(case)
-    assert v.grid_1mm == (120, 120) or abs(v.grid_1mm[0] / v.grid_1mm[1] - 120 / 120) < 0.02
+    # 1 x 1 mm grid: 60 x 2 mm wide by 40 x 3 mm tall
+    assert C.frontal_view(case).grid_1mm == (120, 120)
+
+
+def test_grid_width_is_truncated_as_published():
+    "409.6 mm of width (512 columns of 0.8 mm) is 409 pixels, not 410; the picture sent is 375 x 512."
+    assert C.grid_1mm((512, 512, 300), (0.8, 0.8, 1.0)) == (300, 409)
+    assert C.display_shape((300, 409)) == (375, 512)
+    # a constructed volume, 128 columns of 0.8 mm = 102.4 mm: 102 pixels
+    case = CTCase(np.full((128, 6, 50), 40, np.float32), np.diag([0.8, 0.8, 1.0, 1.0]), {}, {}, {'case_id': 'w'})
+    v = C.frontal_view(case, 'organ', size=None)
+    assert v.grid_1mm == (50, 102) and v.ct.shape == (50, 102)
+    assert C.frontal_view(case, 'organ').ct.shape == (int(50 / 102 * 512), 512)
+
+
+def test_clahe_flat_tile_by_hand():
+    "64 x 64 of grey 100: clip limit 1 per bin, 63 pixels spread over bins 0, 4, ..., 248; 27 at or below 100."
+    assert set(np.unique(C.clahe(np.full((64, 64), 100, np.uint8)))) == {108}
+
+
+def skeleton_volume():
+    "A constructed body: soft tissue, a spine column and rib arcs, 0.8 x 0.8 x 1 mm."
+    x, y, z = np.meshgrid(np.arange(160), np.arange(40), np.arange(120), indexing='ij')
+    ct = np.where((x - 80) ** 2 / 70 ** 2 + (y - 20) ** 2 / 18 ** 2 <= 1, 40.0, -1000.0).astype(np.float32)
+    ct[(np.abs(x - 80) < 6) & (y > 28) & (y < 36)] = 900                      # spine
+    ct[(np.abs(np.abs(x - 80) - 50) < 3) & (z % 20 < 4) & (z > 50)] = 700     # ribs
+    liver = (x - 50) ** 2 / 25 ** 2 + (y - 18) ** 2 / 10 ** 2 + (z - 80) ** 2 / 20 ** 2 <= 1
+    aorta = ((x - 88) ** 2 + (y - 24) ** 2 <= 9) & (z > 10)
+    ct[liver] = 60; ct[aorta] = 200
+    return CTCase(ct, np.diag([0.8, 0.8, 1.0, 1.0]), {'liver': liver, 'aorta': aorta}, {}, {'case_id': 'skel'})
+
+
+def test_skeleton_transform_on_a_constructed_volume():
+    case = skeleton_volume()
+    raw = C.ct_projection(case, 'skeleton', enhance=False)
+    sk = C.ct_projection(case, 'skeleton')
+    assert sk.shape == raw.shape == C.grid_1mm(case.shape, case.spacing) == (120, 128)
+    assert sk.min() == 0 and abs(sk.max() - 1) < 1e-6
+    assert (sk[raw == 0] == 0).all()                              # no bone on the ray: black stays black
+    # the steps by hand (the published order: CLAHE on the (x, z) array before the display rotation)
+    u = C.clahe((np.rot90(raw, -1) * 255).astype(np.uint8)).astype(np.float32) / 255
+    u = (u - u.min()) / (u.max() - u.min()); u[u < 0.01] = 0
+    np.testing.assert_allclose(np.rot90(u ** 0.6), sk, atol=1e-6)
+    assert 255 * sk.mean() > 1.5 * 255 * raw.mean()              # CLAHE + gamma brighten the bone
+
+
+# ---------------------------------------------------------------- the published pipeline, transcribed
+def published_pictures(ct_ras, mask_ras, spacing, window, organ, size=512):
+    """Label Critic's dataset mode as published (Projection.py: load_n_project_ct, load_n_project_masks,
+    overlap_ct_and_masks, saved by cv2.imwrite; ErrorDetector.py: resize_and_encode_image, SolidOverlay),
+    transcribed step by step with torch and OpenCV. Returns (CT png, overlay png, picture sent, 1 mm mask)."""
+    import torch, torch.nn.functional as F
+    cv2 = pytest.importorskip('cv2')
+    from PIL import Image
+    lo, hi = {'organ': (-150.0, 250.0), 'bone': (-500.0, 1500.0), 'skeleton': (400.0, 2000.0)}[window]
+    ct = torch.from_numpy(np.ascontiguousarray(ct_ras[::-1])).float()            # RAS -> LAS
+    s = torch.sum((torch.clamp(ct, lo, hi) - lo) / (hi - lo), dim=1)
+    sp = np.abs(np.array(spacing, np.float32))
+    size_1mm = [int(s.shape[0] * sp[0]), int(s.shape[1] * sp[2])]
+    img = F.interpolate((s / torch.max(s))[None, None], size=size_1mm, mode='bilinear', align_corners=False)[0, 0]
+    if window == 'skeleton':
+        u = cv2.createCLAHE(clipLimit=5, tileGridSize=(8, 8)).apply((img.numpy() * 255).astype(np.uint8))
+        t = torch.from_numpy(u.astype(np.float32) / 255.0)
+        t = (t - t.min()) / (t.max() - t.min()); t[t < 0.01] = 0
+        img = torch.pow(t, 0.6)
+    m = torch.sum(torch.from_numpy(np.ascontiguousarray(mask_ras[::-1])).float()[None], dim=2)
+    m = m / (m.amax(dim=(-1, -2), keepdim=True) + 1e-8)
+    m = torch.where(m > 0, m / (1 / (1 - 0.5)) + 0.5, torch.tensor(0.0))
+    mb = F.interpolate(m[:, None], size=img.shape, mode='nearest')[0, 0] > 0.5
+    ov = img.clone()[None].repeat(3, 1, 1)
+    ov[1][mb] = 0; ov[2][mb] = 0
+    if window == 'skeleton': ov[0][mb] += 0.5; ov = torch.clamp(ov, 0, 1)
+    to_png = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)            # cv2.imwrite of floats
+    ov_png = to_png(torch.rot90(ov * 255, k=1, dims=(-2, -1)).permute(1, 2, 0).numpy())
+    ct_png = to_png(torch.rot90(img * 255, k=1).numpy())
+    im = Image.fromarray(ov_png); w, h = im.size
+    nw, nh = (size, int((h / w) * size)) if w > h else (int((w / h) * size), size)
+    sent = np.array(im.resize((nw, nh)))
+    if organ in ('aorta', 'postcava'):
+        sent[(sent[..., 0] != sent[..., 1]) & (sent[..., 0] != sent[..., 2])] = (255, 0, 0)
+    return ct_png, ov_png, sent, np.rot90(mb.numpy())
+
+
+@pytest.mark.parametrize('window', ['organ', 'bone', 'skeleton'])
+@pytest.mark.parametrize('organ', ['liver', 'aorta'])
+def test_pictures_equal_the_published_pipeline(window, organ):
+    "Within one grey level of the published code, pixel for pixel: the CT, the overlay and the picture sent."
+    for case in (skeleton_volume(), make_case(3)):
+        m = case.mask(organ)
+        ct_png, ov_png, sent, m1 = published_pictures(case.ct, m, case.spacing, window, organ)
+        v = C.frontal_view(case, window)
+        np.testing.assert_array_equal(v.mask_1mm(m), m1)
+        mine_ct = np.rint(v.ct_1mm * 255).astype(np.uint8)
+        mine_ov = C.frontal_view(case, window, size=None).image(m, organ, solid=False)
+        for a, b in ((mine_ct, ct_png), (mine_ov, ov_png), (v.image(m, organ), sent)):
+            assert a.shape == b.shape
+            assert np.abs(a.astype(int) - b).max() <= 1, (window, organ, np.abs(a.astype(int) - b).max())
+
+
+def test_resampling_equals_torch():
+    import torch, torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    for src, dst in [((512, 300), (409, 300)), ((96, 75), (330, 300)), ((17, 5), (7, 3)), ((40, 60), (120, 120))]:
+        x = rng.random(src).astype(np.float32)
+        t = torch.from_numpy(x)[None, None]
+        lin = F.interpolate(t, size=dst, mode='bilinear', align_corners=False)[0, 0].numpy()
+        near = F.interpolate(t, size=dst, mode='nearest')[0, 0].numpy()
+        np.testing.assert_allclose(C.resize_linear(x, dst), lin, atol=3e-7)
+        np.testing.assert_array_equal(C.resize_nearest(x, dst), near)
+
+
+def test_clahe_equals_opencv():
+    cv2 = pytest.importorskip('cv2')
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:300, :409]
+    images = [rng.integers(0, 256, (300, 409)).astype(np.uint8), (127 + 100 * np.sin(xx / 13) * np.cos(yy / 7)).astype(np.uint8),
+              rng.integers(0, 256, (120, 97)).astype(np.uint8), np.where(rng.random((64, 64)) < 0.1, 200, 0).astype(np.uint8)]
+    for im in images:
+        for clip in (5.0, 2.0, 40.0):
+            np.testing.assert_array_equal(C.clahe(im, clip), cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8)).apply(im))
+
+
+def test_solid_red_only_for_thin_vessels(case):
+    v = C.frontal_view(case, 'bone')
+    aorta = v.image(case.mask('aorta'), 'aorta')
+    liver = v.image(case.mask('liver'), 'liver')
+    m = v.mask(case.mask('aorta'))
+    assert (aorta[m] == (255, 0, 0)).all()
+    red_liver = (liver[..., 1] == 0) & (liver[..., 2] == 0) & (liver[..., 0] > 0)
+    assert len(np.unique(liver[red_liver][:, 0])) > 10              # a tint: the CT's brightness shows through
 
 
 def test_red_overlay_zeroes_green_and_blue_solid_for_vessels():
@@ -117,10 +245,10 @@ def test_best_of_bubble_pass_and_tie_keeps_left(case):
 def test_corruptions_have_known_severity(case):
     t = case.mask('spleen')
     for k in C.CORRUPTIONS:
-        mild, severe = (C.dice(C.corrupt(case, 'spleen', k, s, seed=1), t) for s in (0.2, 1.0))
+        mild, severe = (dice(C.corrupt(case, 'spleen', k, s, seed=1), t) for s in (0.2, 1.0))
         assert severe < 0.97, k
         if k in ('over', 'under', 'missing_part', 'shift'): assert mild >= severe, k
-    assert C.dice(C.corrupt(case, 'kidney_left', 'lr_swap', 1.0), case.mask('kidney_right')) > 0.3
+    assert dice(C.corrupt(case, 'kidney_left', 'lr_swap', 1.0), case.mask('kidney_right')) > 0.3
 
 
 # ---------------------------------------------------------------- critics on a clear truth
@@ -260,8 +388,12 @@ def test_cli_end_to_end_resumable_with_failures(tmp_path):
     args = ['critic', str(data), '--candidates', str(tmp_path / 'bad'), str(tmp_path / 'good'), '--out', str(out),
             '--prefilter', 'off', '--quiet']
     assert main(args) == 1                                   # one case failed, the others were done
-    with open(out / 'failures.csv') as f: fails = list(csv.DictReader(f))
-    assert {r['case_id'] for r in fails} == {ids[2]} and 'GridMismatchError' in fails[0]['error']
+    from abdomen_nb.batch import read_manifest
+    man = read_manifest(out)
+    fails = man[man.status == 'failed']
+    assert list(fails.case_id) == [ids[2]] and 'GridMismatchError' in fails.error.iloc[0]
+    assert set(man[man.status == 'done'].case_id) == set(ids[:2])
+    assert all(Path(p).exists() for o in man[man.status == 'done'].outputs for p in o)
     with open(out / 'review.csv') as f: rows = list(csv.DictReader(f))
     assert {r['case_id'] for r in rows} == set(ids[:2])
     assert all(r['chosen'] == 'good' for r in rows), rows
@@ -280,6 +412,8 @@ def test_cli_end_to_end_resumable_with_failures(tmp_path):
                combined=False, masks_subdir='predictions', overwrite=True)
     assert main(args) == 0
     assert (out / 'decisions' / f'{ids[0]}.json').stat().st_mtime_ns == before
+    man = read_manifest(out)
+    assert dict(zip(man.case_id, man.status)) == {ids[0]: 'skipped', ids[1]: 'skipped', ids[2]: 'done'}
     with open(out / 'review.csv') as f: rows = list(csv.DictReader(f))
     assert {r['case_id'] for r in rows} == set(ids) and len(rows) == 6
     rec = json.loads((out / 'decisions' / f'{ids[2]}.json').read_text())
