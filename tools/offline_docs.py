@@ -101,50 +101,286 @@ def navigation(nbs: Path, settings: dict) -> list[tuple[str | None, Path]]:
     return order + [(_section_of(p), p) for p in rest]
 
 
+# ---------------------------------------------------------------- the title cell
+_re_h1 = re.compile(r'^#\s+(\S.*?)\s*$')
+_re_fm_item = re.compile(r'^-\s+([\w-]+):\s*(.*?)\s*$')
+
+def split_header(src: str) -> tuple[dict, str]:
+    """Split a chapter's title cell into frontmatter and the prose that follows it.
+
+    `# Title`, then `> description` (every consecutive `>` line: a description wrapped over several lines is
+    kept whole), then optionally nbdev's `- key: value` frontmatter lines. Everything else in the cell is
+    returned as the body, so that the paper's idea written under the title reaches the page (nbdev's
+    frontmatter processor drops the whole cell)."""
+    lines = src.split('\n')
+    at = next((i for i, l in enumerate(lines) if _re_h1.match(l)), None)
+    if at is None: return {}, src
+    fm = {'title': _re_h1.match(lines[at]).group(1)}
+    i = at + 1
+    while i < len(lines) and not lines[i].strip(): i += 1
+    desc = []
+    while i < len(lines) and lines[i].lstrip().startswith('>'):
+        desc.append(lines[i].lstrip()[1:].strip()); i += 1
+    if any(desc): fm['description'] = ' '.join(d for d in desc if d)
+    j = i
+    while j < len(lines) and not lines[j].strip(): j += 1
+    items = []
+    while j < len(lines) and _re_fm_item.match(lines[j]): items.append(lines[j][1:].strip()); j += 1
+    if items and (j >= len(lines) or not lines[j].strip()):
+        import yaml
+        try: extra = yaml.safe_load('\n'.join(items))
+        except yaml.YAMLError: extra = None
+        if isinstance(extra, dict): fm.update(extra); i = j
+    body = '\n'.join(lines[:at] + lines[i:]).strip('\n')
+    return fm, body
+
+
+# ---------------------------------------------------------------- maths: LaTeX -> MathML at build time
+_re_fence = re.compile(r'^\s{0,3}(```+|~~~+)')
+_re_inline_code = re.compile(r'(?P<t>`+)(?!`)[\s\S]*?(?<!`)(?P=t)(?!`)|<(?P<tag>pre|code)\b[\s\S]*?</(?P=tag)>', re.I)
+_re_display_math = re.compile(r'(?<!\\)\$\$([\s\S]+?)(?<!\\)\$\$')
+# Pandoc's rule: the opening $ has a non-space on its right, the closing $ a non-space on its left and no digit
+# after it ("$5 and $10" is currency, not maths); \$ is a literal dollar
+_re_inline_math = re.compile(r'(?<![\\$\w])\$(?![\s$])((?:[^$\\\n]|\\.|\n(?!\s*\n))+?)(?<![\s\\])\$(?![\d$\w])')
+
+def _segments(md: str):
+    "Yield (is_code, text) pieces of markdown: fenced blocks and code spans are code, the rest is prose."
+    prose, fence, code = [], None, []
+    for line in md.splitlines(keepends=True):
+        m = _re_fence.match(line)
+        if fence is None and m:
+            if prose: yield from _split_spans(''.join(prose)); prose = []
+            fence, code = m.group(1)[0] * 3, [line]
+        elif fence is not None:
+            code.append(line)
+            if line.strip().startswith(fence): yield True, ''.join(code); fence, code = None, []
+        else: prose.append(line)
+    if code: yield True, ''.join(code)
+    if prose: yield from _split_spans(''.join(prose))
+
+def _split_spans(text: str):
+    pos = 0
+    for m in _re_inline_code.finditer(text):
+        if m.start() > pos: yield False, text[pos:m.start()]
+        yield True, m.group(0); pos = m.end()
+    if pos < len(text): yield False, text[pos:]
+
+class MathTable:
+    "LaTeX found in markdown, replaced by placeholders that survive the markdown renderer, then by MathML."
+    def __init__(self, key: str = ''):
+        self.key, self.items = re.sub(r'\W', '', key)[:8].lower(), []
+
+    def _token(self, latex: str, display: bool, where: str, errors: list) -> str:
+        import latex2mathml.converter
+        try:
+            mathml = latex2mathml.converter.convert(latex.strip(), display='block' if display else 'inline')
+            unknown = re.findall(r'>(\\[A-Za-z]+)<', mathml)
+            if unknown: raise ValueError(f"unknown command(s) {', '.join(sorted(set(unknown)))}")
+        except Exception as e:
+            errors.append(f"{where}: cannot render the maths ${latex.strip()[:60]}$ ({type(e).__name__}: {e}); "
+                          "fix the LaTeX, or escape a literal dollar as \\$")
+            mathml = f'<code class="math-error">{html.escape(latex)}</code>'
+        self.items.append((display, mathml))
+        return f'zzmath{self.key}x{len(self.items) - 1}zz'
+
+    def extract(self, md: str, where: str, errors: list) -> str:
+        "Markdown with every `$$...$$` and `$...$` outside code replaced by a placeholder."
+        out = []
+        for is_code, text in _segments(md):
+            if not is_code and '$' in text:
+                text = _re_display_math.sub(lambda m: '\n\n' + self._token(m.group(1), True, where, errors) + '\n\n'
+                                            if m.group(0) == text.strip() or '\n' in m.group(1)
+                                            else self._token(m.group(1), True, where, errors), text)
+                text = _re_inline_math.sub(lambda m: self._token(m.group(1), False, where, errors), text)
+            out.append(text)
+        return ''.join(out)
+
+    def substitute(self, body: str) -> str:
+        "Put the MathML in place of the placeholders of rendered HTML."
+        if not self.items: return body
+        def sub(m):
+            display, mathml = self.items[int(m.group(2))]
+            return mathml
+        body = re.sub(rf'<p>\s*(zzmath{self.key}x(\d+)zz)\s*</p>', lambda m: sub(m), body)
+        return re.sub(rf'(zzmath{self.key}x(\d+)zz)', sub, body)
+
+
+# ---------------------------------------------------------------- figures a markdown cell refers to
+_re_md_img = re.compile(r'!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
+_re_html_img = re.compile(r'<img\b[^>]*?\bsrc\s*=\s*["\']([^"\']+)["\']', re.I)
+
+def check_figures(md: str, attachments: dict | None, nb_dir: Path, where: str, errors: list):
+    "Every image a markdown cell shows must exist: an attachment, a data URI, or a file next to the notebook."
+    for is_code, text in _segments(md):
+        if is_code: continue
+        for src in _re_md_img.findall(text) + _re_html_img.findall(text):
+            if src.startswith('data:'): continue
+            if src.startswith('attachment:'):
+                if src[len('attachment:'):] not in (attachments or {}):
+                    errors.append(f"{where}: missing figure '{src}': the cell has no such attachment")
+            elif re.match(r'^([a-z][\w+.-]*:)?//', src, re.I):
+                errors.append(f"{where}: figure '{src}' is on the network; the site is offline: save it next to the notebook")
+            elif not (nb_dir / src.split('#')[0].split('?')[0]).is_file():
+                errors.append(f"{where}: missing figure '{src}' (no file {nb_dir.name}/{src})")
+
+
+# ---------------------------------------------------------------- API blocks from the exported modules
+_re_default_exp = re.compile(r'^[ \t]*#\|[ \t]*default_exp[ \t]+(\S+)', re.M)
+_re_export_to = re.compile(r'^[ \t]*#\|[ \t]*export[si]?[ \t]+([\w.]+)[ \t]*$', re.M)
+_re_source_line = re.compile(r'^\[source\]\([^)]*\)(\{[^}]*\})?\s*$', re.M)
+
+def notebook_modules(nb) -> list[str]:
+    "Modules a notebook exports to (`default_exp`, then any `#| export other_module`), dotted under the package."
+    mods = []
+    for c in nb.cells:
+        if c.cell_type != 'code': continue
+        for m in _re_default_exp.findall(c.source) + _re_export_to.findall(c.source):
+            if m not in mods: mods.append(m)
+    return mods
+
+def _parse_cell(src: str):
+    "The cell's AST (IPython magics and shell lines left out), or None."
+    import ast
+    lines = ['' if re.match(r'^\s*[%!]', l) else l for l in src.splitlines()]
+    try: return ast.parse('\n'.join(lines))
+    except SyntaxError: return None
+
+def _cell_ref(i: int, src: str) -> str:
+    first = next((l.strip() for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#|')), '')
+    return f"cell {i} ({first[:70]!r})"
+
+class ApiDocs:
+    """nbdev processor in place of `exec_show_docs`: renders each `show_doc` cell from the *exported module*
+    (signature and docstring through nbdev's own `show_doc`, read with `inspect`), so the page's API blocks
+    never depend on re-running the notebook's other cells. The namespace holds the modules the notebook
+    exports to and the notebook's top-level import statements (taken out of any cell, mixed or not).
+    `#| exec_doc` cells run in that namespace too. Every failure is recorded with the notebook and cell."""
+    def __init__(self, nb, name: str, errors: list, lib: str):
+        self.nb, self.name, self.errors, self.lib, self.symbols, self.last = nb, name, errors, lib, [], 0
+
+    def _err(self, cell, what: str, e: BaseException):
+        i = getattr(cell, 'orig_idx_', None)
+        ref = (_cell_ref(i, cell.source) if i is not None else
+               f"the API block `{cell.source.strip().splitlines()[-1][:80]}` made for cell {self.last}")
+        self.errors.append(f"{self.name}: {ref}: {what}: {type(e).__name__}: {e}")
+
+    def begin(self):
+        import ast, importlib
+        self.ns = ns = {}
+        for c in self.nb.cells:                                  # the notebook's imports, in order
+            if c.cell_type != 'code' or getattr(c, 'eval_false_', False): continue
+            tree = _parse_cell(c.source)
+            for node in (tree.body if tree else []):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    try: exec(compile(ast.Module([node], []), f'<{self.name}>', 'exec'), ns)
+                    except Exception as e: self._err(c, f'the import `{ast.unparse(node)}` fails', e)
+        for mod in self.modules:                                 # the exported code, as the package has it
+            try: ns.update(vars(importlib.import_module(f'{self.lib}.{mod}')))
+            except Exception as e:
+                self.errors.append(f"{self.name}: importing {self.lib}.{mod} fails ({type(e).__name__}: {e}); "
+                                   "run nbdev_export and fix the module")
+        from nbdev.showdoc import show_doc
+        ns['show_doc'] = show_doc
+
+    def _run(self, src: str):
+        import ast, contextlib, io
+        tree = _parse_cell(src)
+        if tree is None: raise SyntaxError('the cell does not parse')
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(tree, f'<{self.name}>', 'exec'), self.ns)
+            return eval(compile(ast.Expression(last.value), f'<{self.name}>', 'eval'), self.ns) if last else None
+
+    def __call__(self, cell):
+        from nbdev.processors import _is_showdoc
+        if getattr(cell, 'orig_idx_', None) is not None: self.last = cell.orig_idx_
+        if cell.cell_type != 'code' or not hasattr(self, 'ns'): return
+        if 'exec_doc' in cell.directives_:
+            try: self._run(cell.source)
+            except Exception as e: self._err(cell, 'the exec_doc cell fails', e)
+        if not _is_showdoc(cell): return
+        try: res = self._run(cell.source)
+        except Exception as e:
+            self._err(cell, 'show_doc fails', e); cell.outputs = []; return
+        if not hasattr(res, '_repr_markdown_'): return
+        import ast
+        call = next((n for n in ast.walk(_parse_cell(cell.source)) if isinstance(n, ast.Call)
+                     and getattr(n.func, 'id', '') == 'show_doc' and n.args), None)
+        shown = ast.unparse(call.args[0]) if call is not None else getattr(res.fn, '__qualname__', '')
+        cell.outputs = [{'output_type': 'display_data', 'metadata': {},
+                         'data': {'text/x-api-block': json.dumps(self.block(res, shown))}}]
+
+    def block(self, res, shown: str) -> dict:
+        "What the page shows for one symbol: nbdev's show_doc markdown (source link rebuilt) + where it lives."
+        import inspect
+        obj = res.fn
+        md = _re_source_line.sub('', res._repr_markdown_()).strip()
+        md = re.sub(r'^---\s*\n', '', md)
+        mod = getattr(inspect.unwrap(obj) if callable(obj) else obj, '__module__', None) or ''
+        src = None
+        try:
+            target = inspect.unwrap(obj)
+            line = inspect.getsourcelines(target)[1]
+            path = Path(inspect.getsourcefile(target)).resolve()
+            rel = path.relative_to(ROOT).as_posix()
+            src = f"{self.repo}/blob/{self.branch}/{rel}#L{line}" if self.repo else None
+        except (TypeError, OSError, ValueError): pass
+        sym = f'{mod}.{shown}' if mod.startswith(self.lib) else shown
+        self.symbols.append({'shown': shown, 'symbol': sym, 'module': mod})
+        return {'md': md, 'symbol': sym, 'shown': shown, 'module': mod, 'source': src}
+
+
 # ---------------------------------------------------------------- nbdev processing
-def _run_procs(path: Path, with_show_doc: bool = True):
-    from execnb.nbio import read_nb
-    from nbdev.process import NBProcessor
-    from nbdev.processors import FilterDefaults, exec_show_docs
+def _read_for_docs(path: Path, errors: list):
+    "The notebook, with its title cell split into frontmatter + body and each cell's original index kept."
+    from execnb.nbio import read_nb, mk_cell
+    import yaml
     nb = read_nb(path)
-    procs = FilterDefaults().procs()
-    if not with_show_doc: procs = procs.filter(lambda p: p is not exec_show_docs)
+    for i, c in enumerate(nb.cells): c.orig_idx_ = i
+    for c in nb.cells:
+        if c.cell_type == 'code' and re.search(r'^\s*#\|\s*eval:\s*false\s*$', c.source, re.M | re.I): c.eval_false_ = True
+    k = next((i for i, c in enumerate(nb.cells) if c.cell_type == 'markdown' and any(_re_h1.match(l) for l in (c.source or '').split('\n'))), None)
+    raw_fm = next((c for c in nb.cells if c.cell_type == 'raw' and c.source.lstrip().startswith('---')), None)
+    if k is not None and raw_fm is None:
+        fm, body = split_header(nb.cells[k].source)
+        if fm:
+            nb.cells[k].source = body
+            fmc = mk_cell('---\n' + yaml.safe_dump(fm, allow_unicode=True, sort_keys=False) + '---', 'raw')
+            fmc.orig_idx_ = k
+            nb.cells.insert(0, fmc)
+    return nb
+
+def process_notebook(path: Path, errors: list | None = None, api: list | None = None):
+    """Run nbdev's docs processors on one notebook; return (processed nb, frontmatter dict).
+    nbdev's `exec_show_docs` (which re-runs the notebook's import and export cells) is replaced by `ApiDocs`
+    (API blocks from the exported module) and nbdev's `add_links` by the site-wide linker of `build_site`.
+    Problems are appended to `errors` ('<notebook>: cell N (...): what'); the API symbols shown to `api`."""
+    from nbdev.process import NBProcessor
+    from nbdev.processors import FilterDefaults, exec_show_docs, add_links
+    errors = [] if errors is None else errors
+    cfg = nbdev_config()
+    nb = _read_for_docs(path, errors)
+    proc = ApiDocs(nb, path.name, errors, cfg.lib_name)
+    proc.modules = notebook_modules(nb)
+    proc.repo, proc.branch = cfg.get('git_url', '').rstrip('/'), cfg.get('branch', 'main')
+    procs = [proc if p is exec_show_docs else p for p in FilterDefaults().procs() if p is not add_links]
     old, cwd = os.environ.get('IN_TEST'), os.getcwd()
     os.environ['IN_TEST'] = '1'          # as nbdev's serve_drv does: no slow work in show_doc
+    import warnings
     try:
         os.chdir(path.parent)
-        NBProcessor(nb=nb, procs=procs).process()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            NBProcessor(nb=nb, procs=procs).process()
     finally:
         os.chdir(cwd)
         if old is None: os.environ.pop('IN_TEST', None)
         else: os.environ['IN_TEST'] = old
-    return nb
-
-def process_notebook(path: Path, errors: list | None = None):
-    """Run nbdev's docs processors on one notebook; return (processed nb, frontmatter dict).
-    If executing the `show_doc` cells fails (e.g. an import the notebook needs is missing), the page is
-    processed again without them and the error is appended to `errors`."""
-    import warnings
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            nb = _run_procs(path)
-        mixed = sum('imports and other code' in str(w.message) for w in caught)
-        if mixed: print(f"offline_docs: note: {path.name} has {mixed} cell(s) mixing imports and other code "
-                        "(nbdev runs them to build show_doc; see the nbdev FAQ)", file=sys.stderr)
-    except Exception as e:
-        cause = e.__cause__ or e
-        msg = f"{path.name}: nbdev could not run its show_doc cells ({type(cause).__name__}: {cause}); page built without API docs"
-        if errors is not None: errors.append(msg)
-        else: print('offline_docs: WARNING ' + msg, file=sys.stderr)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            nb = _run_procs(path, with_show_doc=False)
+    if api is not None: api += proc.symbols
     fm = {}
     if nb.cells and nb.cells[0].cell_type == 'raw' and nb.cells[0].source.lstrip().startswith('---'):
         import yaml
-        text = nb.cells[0].source.strip().strip('-')
-        fm = yaml.safe_load(text) or {}
+        fm = yaml.safe_load(nb.cells[0].source.strip().strip('-')) or {}
         nb.cells.pop(0)
     return nb, fm
 
@@ -172,18 +408,26 @@ def _fix_markdown(text: str) -> str:
     "Drop Quarto-only syntax nbconvert would print verbatim: link attributes and fenced-div markers."
     return _re_fence_div.sub('', _re_quarto_attrs.sub(r'\1', text))
 
+_re_progress = re.compile(r'\d+%\|.*\|\s*\d+/\d*|it/s\]|s/it\]')
+
+def is_progress_bar(o: dict) -> bool:
+    "A tqdm (or transformers) progress-bar widget: its stored text is only the bar's first state, so it is dropped."
+    data = o.get('data') or {}
+    text = data.get('text/plain', '')
+    text = ''.join(text) if isinstance(text, list) else text
+    return WIDGET_MIME in data and bool(_re_progress.search(text) or text.startswith(('HBox(', 'FloatProgress(', 'IntProgress(')))
+
 def _clean_output(o: dict) -> dict | None:
     o = copy.deepcopy(dict(o))
     join = lambda v: ''.join(v) if isinstance(v, list) else v   # noqa: E731  (nbformat's split lines)
     if 'text' in o: o['text'] = join(o['text'])
     data = o.get('data')
     if data is not None:
+        if is_progress_bar(o): return None
         data = o['data'] = {k: (v if k.endswith('json') else join(v)) for k, v in data.items()}
         if WIDGET_MIME in data:
             return {'output_type': 'display_data', 'metadata': {}, 'data': {'text/html': WIDGET_NOTE}}
-        if 'text/markdown' in data:
-            md = data['text/markdown']
-            data['text/markdown'] = _fix_markdown(''.join(md) if isinstance(md, list) else md)
+        if 'text/markdown' in data: data['text/markdown'] = _fix_markdown(data['text/markdown'])
     o.pop('transient', None)
     return o
 
@@ -197,28 +441,64 @@ def _reorder_show_docs(cells):
     out.extend(reversed(run))
     return out
 
-def to_nbformat(nb, nbs_dir: Path):
-    "A clean nbformat notebook for nbconvert: directives applied, widget and Quarto-only bits replaced."
+def _const_anchors(src: str, public: set) -> list[str]:
+    "Public module-level constants an export cell assigns (they get an anchor for backticked links)."
+    import ast
+    tree = _parse_cell(src)
+    names = []
+    for node in (tree.body if tree else []):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name) and n.id in public and n.id not in names: names.append(n.id)
+    return names
+
+def to_nbformat(nb, nbs_dir: Path, name: str = '', errors: list | None = None, math: MathTable | None = None,
+                public: dict | None = None):
+    """A clean nbformat notebook for nbconvert: directives applied, progress bars dropped, other widgets
+    replaced by a note, maths replaced by placeholders (`math`), API blocks as HTML, figures checked."""
     import nbformat
-    cells = []
+    errors = [] if errors is None else errors
+    cells, last_idx = [], 0
     for c in _reorder_show_docs(list(nb.cells)):
         src = c.source if isinstance(c.source, str) else ''.join(c.source)
+        idx = c.get('orig_idx_', None)
+        if idx is not None: last_idx = idx
+        where = f"{name}: {_cell_ref(last_idx, src)}"
         if c.cell_type == 'markdown':
             src = _fix_markdown(src)
             if not src.strip() or src.strip().startswith('<!-- WARNING: THIS FILE WAS AUTOGENERATED'): continue
+            check_figures(src, c.get('attachments'), nbs_dir, where, errors)
+            if math is not None: src = math.extract(src, where, errors)
             cell = nbformat.v4.new_markdown_cell(src)
             if c.get('attachments'): cell['attachments'] = c['attachments']
         elif c.cell_type == 'code':
             d, body = _directives(src)
             if _false(d.get('include', 'true')): continue
+            for o in c.get('outputs', []) or []:
+                if o.get('output_type') == 'error':
+                    errors.append(f"{where}: the stored output is an error ({o.get('ename')}: {str(o.get('evalue'))[:200]}); "
+                                  "re-run the notebook and fix the cell")
             cell = nbformat.v4.new_code_cell(body)
             outs = [] if _false(d.get('output', 'true')) else [o for o in map(_clean_output, c.get('outputs', []) or []) if o]
-            cell['outputs'] = [nbformat.from_dict(o) for o in outs]
+            for o in outs:
+                data = o.get('data', {})
+                if 'text/x-api-block' in data:
+                    o['data'] = {'text/html': api_block_html(json.loads(data['text/x-api-block']), math, where, errors)}
+                elif 'text/markdown' in data and math is not None:
+                    data['text/markdown'] = math.extract(data['text/markdown'], where, errors)
+            cell['outputs'] = [nbformat.from_dict(o) for o in outs if o.get('output_type') != 'error']
             tags = []
             if _false(d.get('echo', 'true')) or not body.strip(): tags.append('remove_input')
             if not cell['outputs'] and 'remove_input' in tags: continue
             cell['metadata']['tags'] = tags
             if 'code-fold' in d and not _false(d['code-fold']): cell['metadata']['fold'] = True
+            if public and any(k in c.get('directives_', {}) for k in ('export', 'exports')):
+                consts = _const_anchors(body, public)
+                if consts:
+                    anchors = ''.join(f'<span class="api-anchor" id="{pandoc_id(n)}" data-symbol="{html.escape(public[n])}"></span>'
+                                      for n in consts)
+                    cells.append(nbformat.v4.new_markdown_cell(f'<div class="api-anchors">{anchors}</div>'))
         else:
             continue   # raw cells are Quarto/LaTeX material
         cells.append(cell)
@@ -226,41 +506,70 @@ def to_nbformat(nb, nbs_dir: Path):
     out.metadata['language_info'] = {'name': 'python'}
     return out
 
+def api_block_html(b: dict, math: MathTable | None, where: str, errors: list) -> str:
+    "One API block: heading (the anchor backticked names link to), signature, docstring, source link."
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+    md = b['md']
+    if math is not None: md = math.extract(md, where, errors)
+    inner = markdown2html_mistune(md)
+    src = (f'<p class="source-link"><a href="{html.escape(b["source"], quote=True)}">source</a></p>'
+           if b.get('source') else '')
+    return (f'<div class="api-block" data-symbol="{html.escape(b["symbol"], quote=True)}" '
+            f'data-module="{html.escape(b["module"], quote=True)}">{src}{inner}</div>')
+
 
 # ---------------------------------------------------------------- processing many notebooks, with a cache
 CACHE_DIR = ROOT / '_proc' / 'offline_docs'   # ignored by git; `make clean` removes it
 DEFAULT_WORKERS = 1   # more workers each import the package's heavy dependencies again: rarely faster on 2 cores
 
-def _cache_key(path: Path, with_package: bool = False) -> str:
-    """Changes when the notebook, settings.ini or this script change (and, for `with_package`, any module
-    of the package: a page whose show_doc cells failed is retried once the code it imports changes)."""
+def _cache_key(path: Path) -> str:
+    "Changes when the notebook, settings.ini, this script or any module of the package change."
     import hashlib
     h = hashlib.sha256()
-    files = [path, ROOT / 'settings.ini', Path(__file__)]
-    if with_package: files += sorted((ROOT / 'abdomen_nb').glob('*.py'))
+    files = [path, ROOT / 'settings.ini', Path(__file__), *sorted((ROOT / 'abdomen_nb').glob('*.py'))]
     for f in files: h.update(f.read_bytes() if f.exists() else b'')
     h.update(str(path.resolve()).encode())
-    return h.hexdigest()[:32] + ('p' if with_package else '')
+    return h.hexdigest()[:32]
+
+def public_symbols(lib: str | None = None) -> dict:
+    "name -> 'package.module.name' for every name in a module's `__all__` (first module wins)."
+    import importlib, pkgutil
+    lib = lib or nbdev_config().lib_name
+    out = {}
+    try: pkg = importlib.import_module(lib)
+    except ImportError: return out
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if m.name.startswith('_'): continue
+        try: mod = importlib.import_module(f'{lib}.{m.name}')
+        except Exception: continue
+        for n in getattr(mod, '__all__', []): out.setdefault(n, f'{lib}.{m.name}.{n}')
+    return out
 
 def _process_for_site(path: str) -> dict:
-    "Worker: nbdev processing + clean-up of one notebook, as JSON-friendly data."
-    import nbformat
-    p, errors = Path(path), []
-    nb, fm = process_notebook(p, errors)
-    clean = to_nbformat(nb, p.parent)
-    return {'nb': nbformat.writes(clean), 'fm': json.loads(json.dumps(fm, default=str)), 'errors': errors}
+    "Worker: nbdev processing, clean-up and HTML of one notebook, as JSON-friendly data."
+    p, errors, api = Path(path), [], []
+    nb, fm = process_notebook(p, errors, api)
+    math = MathTable(p.stem)
+    mods = notebook_modules(nb)
+    lib = nbdev_config().lib_name
+    public = {n: s for n, s in public_symbols(lib).items() if any(s == f'{lib}.{m}.{n}' for m in mods)}
+    clean = to_nbformat(nb, p.parent, p.name, errors, math, public)
+    body = math.substitute(render_body(clean, p.parent))
+    for src in re.findall(r'<img\b[^>]*?\bsrc="([^"]+)"', body):
+        if not src.startswith('data:') and not any(f"'{src}'" in e for e in errors): errors.append(f"{p.name}: figure '{src[:80]}' is not embedded in the page (missing file?)")
+    return {'body': body, 'fm': json.loads(json.dumps(fm, default=str)), 'errors': errors, 'api': api,
+            'modules': [f'{lib}.{m}' for m in mods], 'figures': _count_images(clean), 'maths': len(math.items)}
 
 def processed_notebooks(paths, cache: Path | None = CACHE_DIR, workers: int = DEFAULT_WORKERS, quiet=False) -> dict:
-    """Process notebooks (in `workers` separate processes, so that one notebook's code cannot disturb the
-    next), reusing cached results for unchanged notebooks. Pages with processing errors are not cached."""
-    import nbformat
+    """Process notebooks (in `workers` separate processes when > 1), reusing cached results for unchanged
+    notebooks. Pages with errors are not cached."""
     out, todo = {}, []
     for p in paths:
         hit = None
-        for f in ([cache / f'{_cache_key(p)}.json', cache / f'{_cache_key(p, True)}.json'] if cache else []):
-            if f.exists():
-                try: hit = json.loads(f.read_text(encoding='utf-8')); break
-                except ValueError: pass
+        f = cache / f'{_cache_key(p)}.json' if cache else None
+        if f is not None and f.exists():
+            try: hit = json.loads(f.read_text(encoding='utf-8'))
+            except ValueError: pass
         if hit is not None: out[p] = hit
         else: todo.append(p)
     if todo and not quiet: print(f"offline_docs: processing {len(todo)} notebook(s) with nbdev ({len(paths) - len(todo)} cached)")
@@ -277,15 +586,13 @@ def processed_notebooks(paths, cache: Path | None = CACHE_DIR, workers: int = DE
     else:
         results = {p: _process_for_site(str(p)) for p in todo}
     for p, rec in results.items():
-        for e in rec['errors']: print('offline_docs: WARNING ' + e, file=sys.stderr)
         out[p] = rec
-        if cache:
-            key = _cache_key(p, with_package=bool(rec['errors']))
+        if cache and not rec['errors']:
+            key = _cache_key(p)
             cache.mkdir(parents=True, exist_ok=True)
             tmp = cache / f'.{key}.{os.getpid()}.tmp'
             tmp.write_text(json.dumps(rec), encoding='utf-8'); os.replace(tmp, cache / f'{key}.json')
-    return {p: {**rec, 'nb': nbformat.reads(rec['nb'], as_version=4)} for p, rec in out.items()}
-
+    return out
 
 # ---------------------------------------------------------------- HTML
 def render_body(nb, nbs_dir: Path) -> str:
@@ -324,13 +631,9 @@ def fix_html(body: str, page: str, pages: dict, doc_root: str) -> tuple[str, lis
         h['id'] = new
         if old and old != new:
             h.insert(0, soup.new_tag('span', id=old))
-        a = soup.new_tag('a', href=f'#{new}', attrs={'class': 'anchor-link'}); a.string = '#'
+        a = soup.new_tag('a', href=f'#{new}', attrs={'class': 'anchor-link', 'data-pagefind-ignore': ''}); a.string = '#'
         h.append(a)
-        if h.name in ('h2', 'h3') and not h.find_parent(class_='output_markdown'): toc.append((h.name, new, text))
-    for p in soup.select('.output_markdown p'):     # show_doc's "[source](...)" line: float it right
-        kids = [k for k in p.contents if str(k).strip()]
-        if len(kids) == 1 and getattr(kids[0], 'name', None) == 'a' and kids[0].get_text(strip=True) == 'source':
-            p['class'] = p.get('class', []) + ['source-link']
+        if h.name in ('h2', 'h3') and not h.find_parent(class_=['output_markdown', 'api-block']): toc.append((h.name, new, text))
     depth = page.count('/')
     up = '../' * depth
     by_nb = {Path(nb).name: html_name for nb, html_name in pages.items()}
@@ -372,8 +675,16 @@ h1:hover .anchor-link, h2:hover .anchor-link, h3:hover .anchor-link, h4:hover .a
 .output_area { margin:.3rem 0 .8rem; overflow-x:auto; } .output_area pre { font-size:.84rem; padding:.3rem .9rem; margin:0; white-space:pre-wrap; }
 .output_stderr pre { background:#fff5f5; }
 .output_png img, .output_jpeg img, .output_svg svg, .rendered_html img { max-width:100%; height:auto; }
-.output_markdown h3 { border-top:1px solid var(--border); padding-top:.8rem; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:1.05rem; }
-.output_markdown hr { display:none; } p.source-link { float:right; margin:1rem 0 0 1rem; font-size:.8rem; position:relative; z-index:1; }
+.api-block { border-top:1px solid var(--border); margin:1.2rem 0 .6rem; padding-top:.2rem; }
+.api-block h3, .api-block h4 { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:1.05rem; margin:.6rem 0 .4rem; }
+.api-block p.source-link { float:right; margin:.7rem 0 0 1rem; font-size:.8rem; }
+.api-block hr { display:none; } .api-anchors { height:0; } math[display="block"] { margin:.6rem 0; overflow-x:auto; }
+.site-search { margin-left:auto; min-width:18rem; max-width:28rem; flex:0 1 28rem; position:relative; }
+.site-search .search-note { color:#cfe0f0; font-size:.8rem; }
+.site-search .pagefind-ui__drawer { position:absolute; right:0; left:0; background:#fff; color:var(--fg); max-height:75vh; overflow-y:auto;
+  border:1px solid var(--border); border-radius:6px; box-shadow:0 6px 24px rgba(0,0,0,.18); padding:0 .8rem; }
+.site-search .pagefind-ui__drawer:empty, .site-search .pagefind-ui__drawer:not(:has(*)) { display:none; }
+.site-search .pagefind-ui { --pagefind-ui-scale:.72; --pagefind-ui-primary:#0b63c5; }
 table { border-collapse:collapse; margin:.6rem 0; font-size:.9rem; } th, td { border:1px solid var(--border); padding:.3rem .6rem; text-align:left; vertical-align:top; }
 thead th { background:#f0f3f6; } code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:.88em; background:var(--bg-code); padding:.05rem .25rem; border-radius:3px; }
 pre code { background:none; padding:0; } blockquote { margin:.6rem 0; padding:.2rem 1rem; border-left:4px solid var(--border); color:var(--muted); }
@@ -389,10 +700,51 @@ def _count_images(nb) -> int:
     return sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb.cells
                for o in c.get('outputs', []))
 
+def link_symbols(docs: dict, order: list[str], modules: dict) -> dict:
+    """Link every backticked package symbol to its API block: `make_case`, `phantom.make_case`,
+    `abdomen_nb.phantom.make_case`, `CTCase.crop` and `make_case()` all link to the block of that name (on the
+    page itself first, else on the first page that documents it). Constants link to their anchor, module
+    names (`core`, `abdomen_nb.core`) to their chapter. Code blocks, headings and existing links are left as
+    they are; a name with no block stays plain code."""
+    from bs4 import BeautifulSoup
+    soups = {name: BeautifulSoup(doc, 'html.parser') for name, doc in docs.items()}
+    table: dict[str, list[tuple[str, str]]] = {}
+    def add(key, page, anchor):
+        lst = table.setdefault(key, [])
+        if (page, anchor) not in lst: lst.append((page, anchor))
+    for page in order:
+        for el in soups[page].select('.api-block[data-symbol], .api-anchor[data-symbol]'):
+            h = el if 'api-anchor' in el.get('class', []) else el.find(['h2', 'h3', 'h4'], id=True)
+            if h is None: continue
+            sym, anchor = el['data-symbol'], h['id']
+            parts = sym.split('.')
+            shown = el.find(['h2', 'h3', 'h4']).get_text(strip=True).rstrip('#').strip() if h is not el else parts[-1]
+            keys = {shown, sym}
+            if len(parts) >= 3: keys |= {'.'.join(parts[1:]), f"{parts[1]}.{shown}", f"{parts[0]}.{parts[1]}.{shown}"}
+            for k in keys: add(k, page, anchor)
+    bare = {m.split('.')[-1] for m in modules} - set(table)
+    for mod, page in modules.items():
+        add(mod, page, '')
+        if mod.split('.')[-1] in bare: add(mod.split('.')[-1], page, '')
+    for name, soup in soups.items():
+        up = '../' * name.count('/')
+        main = soup.find('main') or soup
+        for code in main.find_all('code'):
+            if code.find_parent(['pre', 'a', 'h1', 'h2', 'h3', 'h4']) or code.find(True): continue
+            key = code.get_text().strip()
+            key = key[:-2] if key.endswith('()') else key
+            hits = table.get(key)
+            if not hits: continue
+            page, anchor = next(((p, a) for p, a in hits if p == name), hits[0])
+            a = soup.new_tag('a', href=(up + page if page != name else '') + (f'#{anchor}' if anchor else ''),
+                             attrs={'class': 'api-link'})
+            code.wrap(a)
+    return {name: str(soup) for name, soup in soups.items()}
+
 def check_links(docs: dict, errors: list) -> dict:
-    """Check every relative link between the pages (file and anchor). A link to a notebook that is not in
-    nbs/ (a chapter not written yet) becomes plain text; a link to a missing anchor keeps only its page.
-    Each such repair is reported in `errors` (build_warnings.txt; `--strict` fails on them)."""
+    """Check every relative link between the pages (file and anchor). Each broken one is an error (the build
+    fails); in the pages written anyway, a link to a page that does not exist becomes plain text and a link to
+    a missing anchor keeps only its page."""
     from bs4 import BeautifulSoup
     from posixpath import dirname, join, normpath
     soups = {name: BeautifulSoup(doc, 'html.parser') for name, doc in docs.items()}
@@ -405,11 +757,12 @@ def check_links(docs: dict, errors: list) -> dict:
             path, _, frag = href.partition('#')
             target = normpath(join(dirname(name), path)) if path else name
             if target not in docs:
-                errors.append(f"{name}: link to '{href}', which is not a page of the site (a chapter not written yet?)")
+                errors.append(f"{name}: broken link '{href}': no page {target} in the site (link a notebook that exists, "
+                              "or write the name as plain text until its chapter lands)")
                 span = soup.new_tag('span', attrs={'class': 'missing-link', 'title': f'{href}: not in this build'})
                 span.extend(list(a.contents)); a.replace_with(span)
             elif frag and frag not in ids[target]:
-                errors.append(f"{name}: link to '{href}': {target} has no anchor '#{frag}'")
+                errors.append(f"{name}: broken link '{href}': {target} has no anchor '#{frag}'")
                 a['href'] = path or '#'
     return {name: str(soup) for name, soup in soups.items()}
 
@@ -450,33 +803,72 @@ PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} – {site}</title>
 <meta name="description" content="{desc_attr}">
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="{up}site.css">
 </head>
 <body>
-<header class="site-header"><a href="{up}index.html">{site}</a><span>{site_desc}</span></header>
+<header class="site-header"><a href="{up}index.html">{site}</a><span>{site_desc}</span>
+<div id="search" class="site-search" data-pagefind-ignore></div></header>
 <div class="layout">
-<nav class="sidebar" aria-label="Chapters">
+<nav class="sidebar" aria-label="Chapters" data-pagefind-ignore>
 {sidebar}
 </nav>
-<main id="content">
+<main id="content" data-pagefind-body>
 <h1 class="title">{title_html}</h1>
 {description}
 {body}
-<nav class="pager">{prev}{next}</nav>
+<nav class="pager" data-pagefind-ignore>{prev}{next}</nav>
 </main>
 </div>
+<script>{search_js}</script>
 </body>
 </html>
+"""
+
+# The search box: Pagefind's UI, loaded from the site's own pagefind/ folder. Pagefind fetches its index, which
+# browsers refuse over file://, so there the box says how to serve the site instead.
+SEARCH_JS = """
+(function () {
+  var up = %s, box = document.getElementById('search');
+  if (location.protocol === 'file:') {
+    box.innerHTML = '<span class="search-note" title="Search reads its index over HTTP">Search: serve the site with <code>make docs-serve</code></span>';
+    return;
+  }
+  var css = document.createElement('link'); css.rel = 'stylesheet'; css.href = up + 'pagefind/pagefind-ui.css';
+  document.head.appendChild(css);
+  var s = document.createElement('script'); s.src = up + 'pagefind/pagefind-ui.js';
+  s.onload = function () {
+    new PagefindUI({element: '#search', showSubResults: true, showImages: false, resetStyles: false,
+                    baseUrl: new URL(up || './', location.href).pathname});
+  };
+  document.head.appendChild(s);
+})();
 """
 
 def _short_title(title: str) -> str:
     "Sidebar label: the part of a chapter title before its first ':' (`Core: the CTCase ...` -> `Core`)."
     return title.split(':', 1)[0].strip() if ':' in title and len(title) > 28 else title
 
+def search_index(out: Path, errors: list, quiet: bool = False):
+    "Pagefind's offline full-text index of the built pages (pagefind/ inside the site)."
+    import subprocess
+    r = subprocess.run([sys.executable, '-m', 'pagefind', '--site', str(out), '--output-subdir', 'pagefind',
+                        *(['--quiet'] if quiet else [])], capture_output=True, text=True)
+    if r.returncode != 0 or not (out / 'pagefind' / 'pagefind-ui.js').exists():
+        errors.append("site: pagefind could not index the site (install the binary with pip install 'pagefind[bin]'): "
+                      + (r.stderr or r.stdout).strip()[-500:])
+    elif not quiet: print('offline_docs: ' + (r.stdout.strip().splitlines() or ['pagefind: indexed'])[-1])
 
-def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: bool = False,
-               cache: Path | None = CACHE_DIR, workers: int = DEFAULT_WORKERS) -> list[dict]:
-    "Build the whole static site into `out`; return one record per page."
+
+class DocsBuildError(SystemExit):
+    "The site has errors (cell errors, broken links, missing figures): each is listed in build_errors.txt."
+
+
+def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, allow_errors: bool = False,
+               cache: Path | None = CACHE_DIR, workers: int = DEFAULT_WORKERS, search: bool = True) -> list[dict]:
+    """Build the whole static site into `out`; return one record per page. Any error (a cell that fails to
+    render, a stored error output, a broken internal link, a missing figure, maths that does not convert)
+    raises `DocsBuildError` (exit status 1) after the site is written, unless `allow_errors`."""
     t0 = time.time()
     cfg = nbdev_config()
     nbs = Path(nbs or cfg.nbs_path)
@@ -488,14 +880,14 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: 
     recs = processed_notebooks([p for _, p in nav], cache, workers, quiet)
     for sec, path in nav:
         rec = recs[path]
-        nb, fm = rec['nb'], rec['fm']
+        fm = rec['fm']
         errors += rec['errors']
         title = str(fm.get('title') or path.stem)
         pages.append({'nb': path, 'section': sec, 'page': page_name(path, nbs, fm), 'title': title,
-                      'short': _short_title(title), 'description': fm.get('description', ''), 'processed': nb})
+                      'short': _short_title(title), 'description': fm.get('description', ''), 'rec': rec})
     if not any(p['page'] == 'index.html' for p in pages):
         pages.insert(0, {'nb': None, 'section': None, 'page': 'index.html', 'title': settings['title'],
-                         'short': 'Home', 'description': settings['description'], 'processed': None})
+                         'short': 'Home', 'description': settings['description'], 'rec': None})
     nb_to_page = {str(p['nb'].relative_to(nbs)): p['page'] for p in pages if p['nb'] is not None}
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -504,15 +896,14 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: 
     docs = {}
     for i, p in enumerate(pages):
         up = '../' * p['page'].count('/')
-        if p['processed'] is None:
+        if p['rec'] is None:
             body = '<ul class="chapters">' + ''.join(
                 f'<li><a href="{q["page"]}">{_md_inline(q["title"])}</a>'
                 + (f' – {_md_inline(q["description"])}' if q['description'] else '') + '</li>'
                 for q in pages if q is not p) + '</ul>'
             toc = []
         else:
-            body = render_body(p['processed'], p['nb'].parent)
-            body, toc = fix_html(body, p['page'], nb_to_page, doc_root)
+            body, toc = fix_html(p['rec']['body'], p['page'], nb_to_page, doc_root)
         prev = (f'<a class="prev" href="{up}{pages[i-1]["page"]}">&larr; {_md_inline(pages[i-1]["short"])}</a>'
                 if i > 0 else '<span></span>')
         nxt = (f'<a class="next" href="{up}{pages[i+1]["page"]}">{_md_inline(pages[i+1]["short"])} &rarr;</a>'
@@ -522,26 +913,32 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, strict: 
                           desc_attr=html.escape(str(p['description']), quote=True), up=up,
                           site_desc=html.escape(str(settings['description'])[:120]),
                           sidebar=sidebar_html(navlist, p['page'], up, toc), title_html=_md_inline(p['title']),
-                          description=desc, body=body, prev=prev, next=nxt)
+                          description=desc, body=body, prev=prev, next=nxt, search_js=SEARCH_JS % json.dumps(up))
         docs[p['page']] = doc
         if not quiet: print(f"  {p['page']:<28} {p['title']}")
+    modules = {m: p['page'] for p in pages if p['rec'] for m in p['rec']['modules'][:1]}
+    docs = link_symbols(docs, [p['page'] for p in pages], modules)
     docs = check_links(docs, errors)
     for name, doc in docs.items():
         dest = out / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(doc, encoding='utf-8')
     (out / '.nojekyll').write_text('')
-    manifest = [{'page': p['page'], 'title': p['title'], 'section': p['section'],
+    manifest = [{'page': p['page'], 'title': p['title'], 'section': p['section'], 'description': p['description'],
                  'notebook': str(p['nb'].relative_to(nbs)) if p['nb'] else None,
-                 'figures': _count_images(p['processed']) if p['processed'] is not None else 0} for p in pages]
+                 'modules': p['rec']['modules'] if p['rec'] else [], 'api': p['rec']['api'] if p['rec'] else [],
+                 'figures': p['rec']['figures'] if p['rec'] else 0, 'maths': p['rec']['maths'] if p['rec'] else 0}
+                for p in pages]
     (out / 'pages.json').write_text(json.dumps(manifest, indent=1), encoding='utf-8')
+    if search and (not errors or allow_errors): search_index(out, errors, quiet)
     if not quiet: print(f"offline_docs: {len(pages)} pages in {out} ({time.time() - t0:.1f} s)")
     if errors:
-        (out / 'build_warnings.txt').write_text('\n'.join(errors) + '\n', encoding='utf-8')
-        print(f"offline_docs: {len(errors)} warnings (pages built without API docs, links repaired): "
-              f"see {out / 'build_warnings.txt'}", file=sys.stderr)
-    if errors and strict: raise SystemExit('offline_docs: --strict and ' + '; '.join(errors))
-    return [{k: v for k, v in p.items() if k != 'processed'} for p in pages]
+        (out / 'build_errors.txt').write_text('\n'.join(errors) + '\n', encoding='utf-8')
+        print(f"offline_docs: {len(errors)} error(s):\n  " + '\n  '.join(errors), file=sys.stderr)
+        if not allow_errors:
+            raise DocsBuildError(f"offline_docs: the docs build FAILED with {len(errors)} error(s), listed above and in "
+                                 f"{out / 'build_errors.txt'}")
+    return [{k: v for k, v in p.items() if k != 'rec'} for p in pages]
 
 
 # ---------------------------------------------------------------- README
@@ -593,14 +990,17 @@ def main(argv=None) -> int:
     ap.add_argument('--nbs', default=None, help='notebook folder (default: nbs_path in settings.ini)')
     ap.add_argument('--readme-only', action='store_true', help='only regenerate README.md from the index notebook')
     ap.add_argument('--quiet', action='store_true')
-    ap.add_argument('--strict', action='store_true', help='fail when a notebook cannot be fully processed')
+    ap.add_argument('--allow-errors', action='store_true',
+                    help='write the site and exit 0 even with errors (a preview; CI and make docs never use it)')
+    ap.add_argument('--no-search', action='store_true', help='skip the pagefind search index')
     ap.add_argument('--no-cache', action='store_true', help=f'reprocess every notebook (cache: {CACHE_DIR.relative_to(ROOT)})')
     ap.add_argument('--workers', type=int, default=DEFAULT_WORKERS, help='processes for the nbdev processing')
     a = ap.parse_args(argv)
     if a.readme_only:
         build_readme(a.nbs)
         return 0
-    build_site(Path(a.out).resolve(), a.nbs, a.quiet, a.strict, None if a.no_cache else CACHE_DIR, a.workers)
+    build_site(Path(a.out).resolve(), a.nbs, a.quiet, a.allow_errors, None if a.no_cache else CACHE_DIR, a.workers,
+               search=not a.no_search)
     return 0
 
 if __name__ == '__main__':
