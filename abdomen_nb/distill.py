@@ -64,8 +64,8 @@ def sample_eps(n:int, generator:torch.Generator=None) -> torch.Tensor:
     return 10 ** (-2 + torch.rand(n, generator=generator))
 
 def heatmap_of(model:nn.Module, x:torch.Tensor, cls:torch.Tensor, eps, create_graph:bool) -> torch.Tensor:
-    "LRP-ε (Z^B first layer) heatmap of logit `cls[i]` for each image"
-    with LRPFlex(model, eps) as lrp:
+    "LRP-ε (Z^B first layer, ISNet's version: chapter 60) heatmap of logit `cls[i]` for each image"
+    with LRPFlex(model, eps, zb_bias=True) as lrp:
         logits = lrp(x)
         return lrp.explain(logits.gather(1, cls[:, None]).squeeze(1), create_graph)
 

@@ -197,6 +197,7 @@ class ISNetConfig:
     d: float = 0.9              # GWRP decay
     E: float = 1.0              # background-loss constant
     eps: float = 0.01           # LRP-ε
+    zb_bias: bool = True        # Z^B as ISNet's code: the first layer's positive bias in the denominator (chapter 60)
     seed: int = 0
 
 PUBLISHED = ISNetConfig(optimizer='sgd', lr=1e-2, momentum=0.9, batch_size=128, clip=1.0,
@@ -218,7 +219,7 @@ def train_step(model:nn.Module, opt:torch.optim.Optimizer,
         loss = ce
     else:
         if C is None: raise ValueError("ISNet variants need (C1, C2): run `calibrate` on a warm-up model first")
-        with LRPFlex(model, cfg.eps) as lrp:
+        with LRPFlex(model, cfg.eps, zb_bias=cfg.zb_bias) as lrp:
             logits = lrp(x)
             hm = torch.stack([heatmap_loss(lrp.explain(q), mask, *C, cfg.A, cfg.B, cfg.d, cfg.E)
                               for q in explained(logits, cfg.variant, generator)]).mean()
@@ -247,11 +248,13 @@ def fit(model:nn.Module, train:tuple, # (x, y, mask)
     return log
 
 # %% ../nbs/61_isnet.ipynb #678f22a0
-def relevance_totals(model:nn.Module, x:torch.Tensor, variant:str, eps=0.01, batch=256, seed=0) -> torch.Tensor:
+def relevance_totals(model:nn.Module, x:torch.Tensor, variant:str, eps=0.01, batch=256, seed=0,
+                     zb_bias:bool=True, # ISNet's Z^B (see `ISNetConfig.zb_bias`)
+                    ) -> torch.Tensor:
     "Total |relevance| of every heatmap the variant would explain, one value per heatmap"
     gen, out = torch.Generator().manual_seed(seed), []
     for xb in x.split(batch):
-        with LRPFlex(model, eps) as lrp:
+        with LRPFlex(model, eps, zb_bias=zb_bias) as lrp:
             logits = lrp(xb)
             out += [lrp.explain(q, create_graph=False).abs().flatten(1).sum(1)
                     for q in explained(logits, variant, gen)]
@@ -260,18 +263,22 @@ def relevance_totals(model:nn.Module, x:torch.Tensor, variant:str, eps=0.01, bat
 def accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, batch=512) -> float:
     with torch.no_grad(): return float(torch.cat([model(b).argmax(1) for b in x.split(batch)]).eq(y).float().mean())
 
-def heatmaps(model:nn.Module, x:torch.Tensor, eps=0.01, batch=256) -> torch.Tensor:
+def heatmaps(model:nn.Module, x:torch.Tensor, eps=0.01, batch=256,
+             zb_bias:bool=True, # ISNet's Z^B (see `ISNetConfig.zb_bias`)
+            ) -> torch.Tensor:
     "LRP heatmaps of the predicted class"
     out = []
     for xb in x.split(batch):
-        with LRPFlex(model, eps) as lrp:
+        with LRPFlex(model, eps, zb_bias=zb_bias) as lrp:
             logits = lrp(xb)
             out.append(lrp.explain(logits.max(1).values, create_graph=False))
     return torch.cat(out)
 
-def background_share(model:nn.Module, x:torch.Tensor, mask:torch.Tensor, eps=0.01) -> float:
+def background_share(model:nn.Module, x:torch.Tensor, mask:torch.Tensor, eps=0.01,
+                     zb_bias:bool=True, # ISNet's Z^B (see `ISNetConfig.zb_bias`)
+                    ) -> float:
     "Mean over images of the share of |relevance| (predicted class) that falls outside the mask"
-    H = heatmaps(model, x, eps).abs()
+    H = heatmaps(model, x, eps, zb_bias=zb_bias).abs()
     outside = (H * (~mask).expand_as(H).to(H)).flatten(1).sum(1)
     return float((outside / H.flatten(1).sum(1).clamp(min=1e-12)).mean())
 
@@ -287,12 +294,12 @@ def compare(make_model, # () -> a fresh model (same seed, same initial weights e
     fit(warm, data['train'], replace(cfg, variant='standard'), epochs=cfg.warmup_epochs)
     rows, models, logs, consts = [], {}, {}, {}
     for v in variants:
-        C = None if v == 'standard' else calibrate(relevance_totals(warm, data['train'][0], v, cfg.eps))
+        C = None if v == 'standard' else calibrate(relevance_totals(warm, data['train'][0], v, cfg.eps, zb_bias=cfg.zb_bias))
         model = make_model()
         logs[v], models[v], consts[v] = fit(model, data['train'], replace(cfg, variant=v), C), model, C
         tests = {k: s for k, s in data.items() if k != 'train'}
         rows.append(dict(variant=v, **{f'acc {k}': accuracy(model, *s[:2]) for k, s in tests.items()},
-                         **{f'bg share {k}': background_share(model, tests[k][0], tests[k][2], cfg.eps)
+                         **{f'bg share {k}': background_share(model, tests[k][0], tests[k][2], cfg.eps, cfg.zb_bias)
                             for k in ('biased', 'confounding') if k in tests},
                          s_per_epoch=float(np.median([l['seconds'] for l in logs[v]]))))
     return pd.DataFrame(rows).set_index('variant'), models, logs, consts

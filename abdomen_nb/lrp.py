@@ -67,6 +67,7 @@ def zb_relevance(layer:nn.Module, # first Conv/Linear layer
                  low=0., high=1., # input bounds l, h
                  eps=0.01, # stabiliser of the denominator
                  create_graph=True, # keep the result differentiable
+                 bias:torch.Tensor=None, # None: the textbook rule; the (fused) bias: ISNet's, b - l·b⁺ - h·b⁻ in the denominator
                 ) -> torch.Tensor:
     "Z^B rule: relevance on the input `x` of the first layer"
     x = x.detach().requires_grad_()
@@ -75,6 +76,9 @@ def zb_relevance(layer:nn.Module, # first Conv/Linear layer
     with torch.enable_grad():
         z = affine_apply(layer, x, weight) - affine_apply(layer, lo, weight.clamp(min=0)) \
             - affine_apply(layer, hi, weight.clamp(max=0))
+        if bias is not None:   # detached: a constant of the denominator, as every bias in LRP
+            b = bias.detach()
+            z = z + _channel_view(b - low * b.clamp(min=0) - high * b.clamp(max=0), z)
         s = R / stabilise(z, eps)
         cx, cl, ch = torch.autograd.grad(z, (x, lo, hi), s, create_graph=create_graph)
     Rin = x * cx + lo * cl + hi * ch
@@ -103,12 +107,13 @@ class LRPFlex:
                  eps=0.01, # ε: a float, or one value per sample (B,)
                  first_rule='zb', # 'zb' (Z^B with bounds `low`, `high`) or 'eps' at the first layer
                  low=0., high=1., # Z^B input bounds
+                 zb_bias:bool=False, # Z^B with the first layer's bias in the denominator as ISNet's code (True) or the textbook rule
                 ):
         if first_rule not in ('zb', 'eps'): raise ValueError(f"first_rule must be 'zb' or 'eps', not {first_rule!r}")
         for m in model.modules():
             if isinstance(m, nn.ReLU) and m.inplace:
                 raise ValueError(f"LRPFlex needs non-inplace ReLUs; build {m} with inplace=False")
-        self.model, self.eps, self.first_rule, self.low, self.high = model, eps, first_rule, low, high
+        self.model, self.eps, self.first_rule, self.low, self.high, self.zb_bias = model, eps, first_rule, low, high, zb_bias
         self.handles, self.tensor_hooks, self.explaining = [], [], False
 
     def __enter__(self):
@@ -172,8 +177,9 @@ class LRPFlex:
             (g,) = torch.autograd.grad(out.sum(), self.a1, create_graph=create_graph, retain_graph=True)
         finally: self.explaining = False
         R1 = self.a1 * g
-        w, _ = fuse_affine_bn(self.first, self.first_bn, self.first_z)
-        return zb_relevance(self.first, self.x, R1, w, self.low, self.high, self.eps, create_graph)
+        w, b = fuse_affine_bn(self.first, self.first_bn, self.first_z)
+        return zb_relevance(self.first, self.x, R1, w, self.low, self.high, self.eps, create_graph,
+                            bias=b if self.zb_bias else None)
 
 # %% ../nbs/60_lrp.ipynb #2061ea9b
 def lrp_heatmap(model:nn.Module, # Conv/Linear(+BN) -> ReLU network
@@ -181,9 +187,10 @@ def lrp_heatmap(model:nn.Module, # Conv/Linear(+BN) -> ReLU network
                 target:torch.Tensor=None, # (B,) class to explain; None: the predicted class
                 eps=0.01, first_rule='zb', low=0., high=1.,
                 create_graph=False, # True to train on the heatmap
+                zb_bias:bool=False, # Z^B as ISNet's code (first layer's positive bias in the denominator)
                ) -> torch.Tensor:
     "One call: the LRP heatmap of `target`'s logit for each input"
-    with LRPFlex(model, eps, first_rule, low, high) as lrp:
+    with LRPFlex(model, eps, first_rule, low, high, zb_bias) as lrp:
         y = lrp(x)
         target = y.argmax(1) if target is None else torch.as_tensor(target).to(y.device)
         return lrp.explain(y.gather(1, target.reshape(-1, 1)).squeeze(1), create_graph)
@@ -219,6 +226,7 @@ def lrp_sequential(model:nn.Sequential, # Conv/Linear, BatchNorm, ReLU, pooling,
                    first_rule='zb', # 'zb', 'eps', 'zplus' or 'alphabeta' at the first Conv/Linear layer
                    eps=0.01, low=0., high=1.,
                    alpha:float=1., beta:float=0., # the alpha-beta rule's weights (alpha - beta = 1 conserves)
+                   zb_bias:bool=False, # Z^B as ISNet's code (the first layer's positive bias in the denominator)
                   ) -> torch.Tensor:
     "Reference LRP, layer by layer with explicit rules (differentiable)"
     x = x if x.requires_grad else x.detach().requires_grad_()
@@ -236,7 +244,7 @@ def lrp_sequential(model:nn.Sequential, # Conv/Linear, BatchNorm, ReLU, pooling,
             seen += 1
             w, b = wb
             this = 'top' if seen == 1 else first_rule if seen == n_affine else rule
-            if this == 'zb': R = zb_relevance(m, a_in, R, w, low, high, eps); continue
+            if this == 'zb': R = zb_relevance(m, a_in, R, w, low, high, eps, bias=b if zb_bias else None); continue
             if this in ('zplus', 'alphabeta'):   # alpha x (share of z+) - beta x (share of z-); z+ is alpha 1, beta 0
                 ab = (1., 0.) if this == 'zplus' else (alpha, beta)   # biases are left out of both
                 Rs = []

@@ -5,9 +5,11 @@
 # %% ../nbs/10_segmentation.ipynb #32ecdda8
 from __future__ import annotations
 import argparse, itertools, json, os, sys, time, warnings
+from functools import partial
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -27,14 +29,16 @@ from monai.transforms import (Compose, MapTransform, Orientationd,
 from .core import (TOUCHSTONE_CLASSES, AbdomenNBError, AtlasDataset, CTCase, MissingFileError,
                              atomic_write, bbox, hu_window, list_masks, read_case, read_totalseg, write_case,
                              write_json)
+from .batch import add_batch_args, batch_options, run_batch
 
 # %% auto #0
 __all__ = ['ARCHS', 'NET_PRESETS', 'TRAIN_PRESETS', 'ARCH_OVERRIDES', 'SINGLE_COMPONENT', 'SegConfig', 'seg_config', 'case_label',
            'LoadCased', 'seg_transforms', 'build_model', 'n_params', 'init_distributed', 'seg_loss', 'activate',
            'to_onehot', 'make_cache', 'draw_batch', 'validate', 'save_checkpoint', 'load_model', 'train',
            'lateral_swap', 'largest_component', 'preprocess', 'infer', 'case_box', 'resample_linear', 'probs_to_masks',
-           'predict', 'show_prediction', 'prediction_paths', 'write_predictions', 'segment_dataset', 'main_segment',
-           'import_totalseg', 'main_train', 'demo_stage']
+           'predict', 'show_prediction', 'prediction_paths', 'write_predictions', 'manifest_name',
+           'predictions_complete', 'segment_case', 'segment_dataset', 'main_segment', 'import_totalseg', 'main_train',
+           'demo_stage']
 
 # %% ../nbs/10_segmentation.ipynb #c121a329
 ARCHS = ('unet', 'segresnet', 'swinunetr')
@@ -520,48 +524,71 @@ def write_predictions(pred:CTCase, # from `predict`
     return prediction_paths(case_dir, list(masks), subdir)
 
 # %% ../nbs/10_segmentation.ipynb #02ada371
+def manifest_name(subdir:str='predictions') -> str:
+    "File name of the segment run's manifest in the dataset folder (one per predictions sub-folder)."
+    return f'segment_{subdir}_manifest.csv'
+
+def predictions_complete(case_id:str, root, classes:list, subdir:str='predictions') -> bool:
+    "Are all of a case's prediction files there, on the CT's grid? (headers only: shape and affine)"
+    cdir = Path(root) / case_id
+    try:
+        ct = nib.load(str(cdir / 'ct.nii.gz'))
+        for p in prediction_paths(cdir, classes, subdir):
+            img = nib.load(str(p))
+            if img.shape[:3] != ct.shape[:3] or not np.allclose(img.affine, ct.affine, atol=1e-3): return False
+    except (OSError, ValueError, EOFError): return False   # missing or unreadable: not complete
+    return True
+
+_MODELS = {}   # checkpoint path -> loaded model, one per worker process
+
+def segment_case(case_id:str, root, model, # nn.Module or checkpoint path (loaded once per process)
+                 subdir:str='predictions', **predict_kw) -> list[str]:
+    "Batch task: predict one case of a dataset and write its masks (the files it wrote)."
+    if not isinstance(model, nn.Module):
+        key = (str(model), predict_kw.get('device') or 'cpu')
+        if key not in _MODELS: _MODELS[key] = load_model(*key)
+        model = _MODELS[key]
+    ds = AtlasDataset(root, structures=[], labels=False)
+    pred = predict(ds[case_id], model, **predict_kw)
+    return [str(p) for p in write_predictions(pred, ds.path(case_id), overwrite=True, subdir=subdir)]
+
 def segment_dataset(root, # an AbdomenAtlas dataset folder
                     model, # nn.Module or checkpoint path
                     overwrite:bool=False, # redo cases that already have predictions
-                    failures_csv=None, # where failures are recorded (None: root/segment_failures.csv)
                     progress:bool=True,
                     case_ids=None, # only these cases (None: all)
                     subdir:str='predictions', # sub-folder of each case the masks go to
-                    **predict_kw) -> pd.DataFrame: # one row per case: case_id, status, error, seconds
-    "Predict every case of a dataset into `<case>/predictions/`; resumable, failures recorded and skipped."
-    from abdomen_nb.pipeline import run_batch
-    if not isinstance(model, nn.Module): model = load_model(model)
-    ds = AtlasDataset(root, structures=[], labels=False)
-    classes = model.seg_config.classes
-    def done(cid): return not overwrite and all(p.exists() for p in prediction_paths(ds.path(cid), classes, subdir))
-    def one(cid):
-        case = ds[cid]
-        write_predictions(predict(case, model, **predict_kw), ds.path(cid), overwrite=overwrite, subdir=subdir)
-    return run_batch(list(ds.ids if case_ids is None else case_ids), one, done=done,
-                     log_csv=failures_csv or Path(root) / 'segment_failures.csv', progress=progress, desc='segment')
+                    workers:int=1, scheduler=None, memory_limit=None, # `batch.run_batch`'s options
+                    **predict_kw) -> pd.DataFrame: # the manifest: one row per case (case_id, status, seconds, peak_mb, outputs, error, ...)
+    "Predict every case of a dataset into `<case>/predictions/`; resumable, failures recorded in the manifest and skipped."
+    classes = (model.seg_config if isinstance(model, nn.Module) else load_model(model)).classes
+    ids = list(AtlasDataset(root, structures=[], labels=False).ids if case_ids is None else case_ids)
+    return run_batch(ids, partial(segment_case, root=str(root), model=model, subdir=subdir, **predict_kw), root,
+                     done=partial(predictions_complete, root=str(root), classes=list(classes), subdir=subdir),
+                     workers=workers, scheduler=scheduler, memory_limit=memory_limit, overwrite=overwrite,
+                     progress=progress, desc='segment', manifest_name=manifest_name(subdir))
 
 def main_segment(argv) -> int:
-    "`abdomen-nb segment DATASET --model CKPT [--overwrite] [--tta] [--overlap F] [--device D]`"
+    "`abdomen-nb segment DATASET --model CKPT [--tta] [--overlap F] [--device D] [--workers N] [--overwrite]`"
     ap = argparse.ArgumentParser(prog='abdomen-nb segment',
                                  description='Predict masks for every case of an AbdomenAtlas dataset into <case>/predictions/.')
     ap.add_argument('dataset', help='folder of BDMAP_xxx/ case folders')
     ap.add_argument('--model', required=True, help='checkpoint folder (config.json + best.pt) or .pt file')
-    ap.add_argument('--overwrite', action='store_true', help='redo cases that already have predictions')
     ap.add_argument('--tta', action='store_true', help='average over flips (x with left/right swap, y, z)')
     ap.add_argument('--overlap', type=float, default=None, help='sliding-window overlap (default: the config)')
     ap.add_argument('--no-postprocess', action='store_true', help='keep every connected component')
     ap.add_argument('--device', default='cpu')
-    ap.add_argument('--failures', default=None, help='failures CSV (default DATASET/segment_failures.csv)')
+    add_batch_args(ap)   # --workers --scheduler --memory-limit --overwrite
     a = ap.parse_args(argv)
-    model = load_model(a.model, a.device)
+    model = load_model(a.model, a.device)   # a bad checkpoint fails here, once, with its own message
     t0 = time.perf_counter()
-    res = segment_dataset(a.dataset, model, a.overwrite, a.failures, tta=a.tta, overlap=a.overlap,
-                          postprocess=not a.no_postprocess, device=a.device)
+    res = segment_dataset(a.dataset, a.model if (a.workers > 1 or a.scheduler) else model,   # workers load their own
+                          progress=True, tta=a.tta, overlap=a.overlap, postprocess=not a.no_postprocess,
+                          device=a.device, **batch_options(a))
     n = res['status'].value_counts()
-    print(f"segment: {n.get('done', 0)} done, {n.get('skipped', 0)} skipped, {n.get('failed', 0)} failed "
-          f"in {time.perf_counter() - t0:.1f} s")
-    if n.get('failed', 0):
-        print(f"failures recorded in {a.failures or Path(a.dataset) / 'segment_failures.csv'}", file=sys.stderr)
+    for r in res[res['status'] == 'failed'].itertuples(): print(f"  {r.case_id}: {r.error}", file=sys.stderr)
+    print(f"segment: {n.get('done', 0)} done, {n.get('skipped', 0)} skipped (complete), {n.get('failed', 0)} failed "
+          f"in {time.perf_counter() - t0:.1f} s; manifest: {Path(a.dataset) / manifest_name()}")
     return 1 if n.get('failed', 0) else 0
 
 # %% ../nbs/10_segmentation.ipynb #88d3e92f

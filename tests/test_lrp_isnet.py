@@ -42,6 +42,51 @@ def test_zb_closed_form():
     np.testing.assert_allclose(lrp_heatmap(hand_network(), x, target=[0])[0].numpy(), R, rtol=1e-12)
 
 
+def test_zb_isnet_keeps_the_positive_bias_in_the_denominator():
+    # ISNet's Z^B: z_j = sum_i (x_i w_ji - l w+_ji - h w-_ji) + b_j - l b+_j - h b-_j; l = 0, h = 1 leaves b+_j.
+    # The hand network's first-layer biases are (.5, -.5): only unit 0's denominator grows, by 0.5.
+    x = torch.tensor([[1., 2.]], dtype=torch.double)
+    num = np.array([[1 * 1., 2 * .5], [1 * 2., 2 * -.5 + .5]])
+    Rj = np.array([[2.5], [-1.]])
+    R = (num / (num.sum(1, keepdims=True) + np.array([[.5], [0.]]) + .01) * Rj).sum(0)
+    np.testing.assert_allclose(lrp_heatmap(hand_network(), x, target=[0], zb_bias=True)[0].numpy(), R, rtol=1e-12)
+    np.testing.assert_allclose(lrp_sequential(hand_network(), x, [0], zb_bias=True)[0].detach().numpy(), R, rtol=1e-12)
+    # the textbook rule is the default and differs exactly there
+    textbook = (num / (num.sum(1, keepdims=True) + .01) * Rj).sum(0)
+    np.testing.assert_allclose(lrp_heatmap(hand_network(), x, target=[0])[0].numpy(), textbook, rtol=1e-12)
+    assert not np.allclose(R, textbook)
+
+
+def test_zb_isnet_single_neuron_by_hand():
+    # one Linear neuron, w = (2, -1), b = 5, x = (.5, .25), R = 3, l = 0, h = 1:
+    # numerators x w - h w- = (1, .75); textbook denominator 1.75, ISNet's 1.75 + b+ = 6.75;
+    # a negative bias has no positive part and gives the textbook value
+    from abdomen_nb.lrp import zb_relevance
+    lin = nn.Linear(2, 1).double()
+    with torch.no_grad(): lin.weight[:] = torch.tensor([[2., -1.]]); lin.bias[:] = 5.
+    x, R = torch.tensor([[.5, .25]], dtype=torch.double), torch.tensor([[3.]], dtype=torch.double)
+    got = zb_relevance(lin, x, R, lin.weight, eps=0., bias=lin.bias)
+    np.testing.assert_allclose(got.detach().numpy(), [[3 / 6.75, 3 * .75 / 6.75]], rtol=1e-12)
+    np.testing.assert_allclose(zb_relevance(lin, x, R, lin.weight, eps=0.).detach().numpy(), [[3 / 1.75, 3 * .75 / 1.75]], rtol=1e-12)
+    neg = zb_relevance(lin, x, R, lin.weight, eps=0., bias=torch.tensor([-.5], dtype=torch.double))
+    np.testing.assert_allclose(neg.detach().numpy(), [[3 / 1.75, 3 * .75 / 1.75]], rtol=1e-12)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_flex_equals_reference_with_isnet_zb_and_batchnorm(train):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(3 * 36, 4)).double().train(train)
+    bn = net[1]; bn.running_mean.uniform_(-.3, .3); bn.running_var.uniform_(.5, 2); bn.bias.data.uniform_(-.2, .5)
+    x = torch.rand(3, 1, 6, 6, dtype=torch.double)
+    with LRPFlex(net, zb_bias=True) as lrp:
+        y = lrp(x); t = y.argmax(1)
+        H = lrp.explain(y.gather(1, t[:, None]).squeeze(1), create_graph=False)
+    Hr = lrp_sequential(net, x, t, zb_bias=True)
+    assert (H - Hr).abs().max() < 1e-12
+    assert (H - lrp_heatmap(net, x, t)).abs().max() > 1e-6     # the positive fused biases make a difference
+
+
 def test_zplus_closed_form():
     x = torch.tensor([[1., 2.]], dtype=torch.double)
     pos = np.array([[1 * 1., 2 * .5], [1 * 2., 0.]])

@@ -50,11 +50,13 @@ def test_empty_vs_empty_is_zero_and_absent_truth_is_nan():
     z = np.zeros((6, 6, 6), bool)
     assert ts.dsc(z, z) == 0.0
     assert ts.dsc(cube((1, 1, 1), 2, (6, 6, 6)), z) == 0.0
-    sc = ts.score_case({'liver': z}, {'liver': z, 'spleen': cube((1, 1, 1), 3, (6, 6, 6))}, (1, 1, 1),
-                       classes=['liver', 'spleen', 'aorta'])
+    truth = {'liver': z, 'spleen': cube((1, 1, 1), 3, (6, 6, 6))}
+    sc = ts.score_case({'liver': z}, truth, (1, 1, 1), classes=['liver', 'spleen', 'aorta'], missing='zero')
     assert np.isnan(sc['dsc']['liver']) and np.isnan(sc['nsd']['liver'])   # empty truth: NaN
-    assert sc['dsc']['spleen'] == 0.0 and sc['nsd']['spleen'] == 0.0       # missing prediction: 0
+    assert sc['dsc']['spleen'] == 0.0 and sc['nsd']['spleen'] == 0.0       # missing prediction, missing='zero': 0
     assert np.isnan(sc['dsc']['aorta'])                                      # no truth mask: NaN
+    with pytest.raises(core.MissingStructureError, match='spleen'):        # default 'drop': an error for the case
+        ts.score_case({'liver': z}, truth, (1, 1, 1), classes=['liver', 'spleen', 'aorta'])
 
 
 def brute_nsd(p, g, spacing, tol):
@@ -241,8 +243,11 @@ def test_segment_and_evaluate_commands_end_to_end(cohort, trained, tmp_path):
     bad = root / 'BDMAP_00000099'; (bad / 'segmentations').mkdir(parents=True)
     (bad / 'ct.nii.gz').write_bytes(b'not a nifti')
     assert main(['segment', str(root), '--model', str(ckpt)]) == 1
-    rows = list(csv.DictReader(open(root / 'segment_failures.csv')))
-    assert [r['case_id'] for r in rows] == ['BDMAP_00000099'] and 'CorruptFileError' in rows[0]['error']
+    man = pd.read_csv(root / seg.manifest_name(), keep_default_na=False)
+    assert sorted(man['case_id']) == sorted([*ids[7:10], 'BDMAP_00000099'])
+    bad_row = man.set_index('case_id').loc['BDMAP_00000099']
+    assert bad_row['status'] == 'failed' and 'CorruptFileError' in bad_row['error']
+    assert (man.set_index('case_id').loc[ids[7:10], 'status'] == 'done').all()
     for cid in ids[7:10]:
         assert sorted(p.name for p in (root / cid / 'predictions').iterdir()) == sorted(f'{c}.nii.gz' for c in core.TOUCHSTONE_CLASSES)
     import shutil; shutil.rmtree(bad)
@@ -250,6 +255,13 @@ def test_segment_and_evaluate_commands_end_to_end(cohort, trained, tmp_path):
     stamp = (root / ids[7] / 'predictions' / 'liver.nii.gz').stat().st_mtime_ns
     assert seg.main_segment([str(root), '--model', str(ckpt)]) == 0
     assert (root / ids[7] / 'predictions' / 'liver.nii.gz').stat().st_mtime_ns == stamp
+    assert (pd.read_csv(root / seg.manifest_name())['status'] == 'skipped').all()
+    # a prediction file that is not on the CT's grid is not "complete": that case is redone, the others skipped
+    p = root / ids[8] / 'predictions' / 'spleen.nii.gz'
+    img = nib.load(p); nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-1], img.affine), p)
+    assert seg.main_segment([str(root), '--model', str(ckpt)]) == 0
+    st = pd.read_csv(root / seg.manifest_name()).set_index('case_id')['status']
+    assert st[ids[8]] == 'done' and st[ids[7]] == 'skipped' and nib.load(p).shape == nib.load(root / ids[8] / 'ct.nii.gz').shape
     # TotalSegmentator-style folders as a second "model": the truth under TotalSegmentator names
     tsdir = tmp_path / 'totalseg'
     names = {'postcava': 'inferior_vena_cava', 'gall_bladder': 'gallbladder'}
@@ -270,6 +282,8 @@ def test_segment_and_evaluate_commands_end_to_end(cohort, trained, tmp_path):
     for f in ['summary.csv', 'ranking.csv', 'pairwise_wilcoxon_holm.csv', 'significance.png', 'dsc_per_class.png']:
         assert (out / f).exists(), f
     assert pd.read_csv(out / 'ranking.csv')['model'].iloc[0] == 'totalseg'
+    man = pd.read_csv(out / 'predictions' / 'manifest.csv')
+    assert sorted(man['case_id']) == ids[7:10] and (man['status'] == 'done').all()
 
 
 def test_torchrun_two_cpu_processes_on_gloo(cohort, tmp_path):
@@ -320,3 +334,142 @@ def test_oblique_model_grid_falls_back_to_monai():
     ref = np.asarray(SpatialResample(mode='bilinear', padding_mode='border')(
         MetaTensor(probs, affine=torch.as_tensor(A)), dst_affine=torch.as_tensor(case.affine), spatial_size=case.shape))[0] >= 0.5
     assert got.sum() > 100 and np.array_equal(got, ref)
+
+
+# ------------------------------------------------------------------ Touchstone interop: files other tools wrote
+def small_case(i, shape=(30, 28, 20), spacing=(1.5, 1.5, 2.5)):
+    "A constructed case: two boxes of distinct HU, truth = the boxes."
+    aff = np.diag([*spacing, 1.0])
+    liver, spleen = np.zeros(shape, bool), np.zeros(shape, bool)
+    liver[3 + i:15, 4:20, 3:15] = True; spleen[18:27, 6:16, 4:14] = True
+    ct = np.full(shape, -100.0, np.float32); ct[liver] = 60; ct[spleen] = 120
+    return CTCase(ct, aff, {'liver': liver, 'spleen': spleen}, meta={'case_id': f'BDMAP_{i + 1:08d}'})
+
+
+@pytest.fixture()
+def interop(tmp_path):
+    "Five cases whose predictions are the truth, then damaged the ways other tools' files are."
+    root = tmp_path / 'ds'
+    cases = [small_case(i) for i in range(5)]
+    for c in cases:
+        d = write_case(c, root / c.case_id)
+        for name in ('liver', 'spleen'):
+            (d / 'predictions').mkdir(exist_ok=True)
+            (d / 'predictions' / f'{name}.nii.gz').write_bytes((d / 'segmentations' / f'{name}.nii.gz').read_bytes())
+    ids = [c.case_id for c in cases]
+    aff = cases[0].affine
+    pred = lambda i, n: root / ids[i] / 'predictions' / f'{n}.nii.gz'
+    core.save_nifti((cases[0].masks['liver'] * 255).astype(np.uint8), aff, pred(0, 'liver'), overwrite=True)       # 0/255
+    core.save_nifti(np.where(cases[1].masks['liver'], .75, .25).astype(np.float32), aff, pred(1, 'liver'), overwrite=True)  # probabilities
+    core.save_nifti(cases[2].masks['liver'][:-2], aff, pred(2, 'liver'), overwrite=True)                              # another shape
+    moved = aff.copy(); moved[0, 3] += 4.5
+    core.save_nifti(cases[3].masks['liver'], moved, pred(3, 'liver'), overwrite=True)                                # another affine
+    pred(4, 'spleen').unlink()                                                                                      # a missing class file
+    return root, ids, cases
+
+
+def test_evaluate_binarises_0_255_and_probabilities_and_leaves_bad_grids_out(interop):
+    root, ids, cases = interop
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        s = ts.evaluate(root, classes=['liver', 'spleen'], progress=False)
+    # 0/255 and probability maps: binarised at >= 0.5 (as Touchstone), so they score as the perfect masks they are
+    t = s['dsc'].set_index('name')
+    for i in (0, 1):
+        n = cases[i].masks['liver'].sum()
+        assert t.loc[ids[i], 'liver'] == pytest.approx(2 * n / (2 * n + 1))
+    assert sorted(t.index) == ids[:2]
+    assert any(issubclass(w.category, ts.NonBinaryPredictionWarning) and '2 case(s)' in str(w.message) for w in caught)
+    # another shape, another affine, a missing class file: failed with the reason, left out; the run did not stop
+    f = s.failed.set_index('case_id')['error']
+    assert sorted(f.index) == ids[2:]
+    assert 'GridMismatchError' in f[ids[2]] and '(28, 28, 20)' in f[ids[2]]
+    assert 'GridMismatchError' in f[ids[3]] and 'affine' in f[ids[3]]
+    assert 'MissingFileError' in f[ids[4]] and 'spleen' in f[ids[4]]
+    # means are over the scored cases only
+    assert ts.summarize(s).loc['DSC', 'liver'] == pytest.approx(t['liver'].mean())
+    assert any('could not be scored' in str(w.message) and '3 case(s)' in str(w.message) for w in caught)
+
+
+def test_missing_policy_drop_is_touchstones_and_zero_scores_the_missing_class_0(interop):
+    root, ids, cases = interop
+    drop = ts.evaluate(root, classes=['liver', 'spleen'], case_ids=[ids[4]], progress=False)
+    assert len(drop['dsc']) == 0 and list(drop.failed['case_id']) == [ids[4]]
+    with pytest.warns(UserWarning, match='scored as empty'):
+        zero = ts.evaluate(root, classes=['liver', 'spleen'], case_ids=[ids[4]], progress=False, missing='zero')
+    row = zero['dsc'].set_index('name').loc[ids[4]]
+    n = cases[4].masks['liver'].sum()
+    assert row['spleen'] == 0.0 and row['liver'] == pytest.approx(2 * n / (2 * n + 1))
+    assert zero['nsd'].set_index('name').loc[ids[4], 'spleen'] == 0.0
+    # a case with no prediction folder at all: left out (drop) or all zeros (zero)
+    import shutil; shutil.rmtree(root / ids[4] / 'predictions')
+    assert len(ts.evaluate(root, classes=['liver', 'spleen'], case_ids=[ids[4]], progress=False)['dsc']) == 0
+    with pytest.warns(UserWarning):
+        z = ts.evaluate(root, classes=['liver', 'spleen'], case_ids=[ids[4]], progress=False, missing='zero')
+    assert z['dsc'].drop(columns='name').values.tolist() == [[0.0, 0.0]]
+    with pytest.raises(ValueError, match='missing'): ts.evaluate(root, missing='skip')
+
+
+def test_evaluate_command_missing_option_manifest_and_valid_json(interop, tmp_path, capsys):
+    import json
+    root, ids, cases = interop
+    out = tmp_path / 'eval'
+    assert ts.main_evaluate([str(root), '--pred', 'predictions', '--out', str(out), '--classes', 'liver', 'spleen']) == 0
+    err = capsys.readouterr().err
+    assert '3 case(s)' in err and 'binarised' in err
+    assert sorted(pd.read_csv(out / 'predictions_dsc.csv')['name']) == ids[:2]
+    man = pd.read_csv(out / 'predictions' / 'manifest.csv', keep_default_na=False).set_index('case_id')
+    assert (man.loc[ids[:2], 'status'] == 'done').all() and (man.loc[ids[2:], 'status'] == 'failed').all()
+    assert 'GridMismatchError' in man.loc[ids[2], 'error']
+    for p in (out / 'predictions' / 'cases').glob('*.json'):
+        json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f'{p.name} holds {c}'))   # no NaN tokens
+    out2 = tmp_path / 'eval_zero'
+    assert ts.main_evaluate([str(root), '--pred', 'predictions', '--out', str(out2), '--classes', 'liver', 'spleen',
+                             '--missing', 'zero']) == 0
+    assert sorted(pd.read_csv(out2 / 'predictions_dsc.csv')['name']) == [ids[0], ids[1], ids[4]]
+    assert '--missing' in ts.main_evaluate.__doc__
+    with pytest.raises(SystemExit): ts.main_evaluate([str(root), '--pred', 'predictions', '--out', str(out2), '--missing', 'skip'])
+
+
+def test_evaluate_resumes_and_rescores_a_changed_prediction(interop, tmp_path):
+    root, ids, cases = interop
+    run = tmp_path / 'run'
+    ts.evaluate(root, classes=['liver', 'spleen'], case_ids=ids[:2], progress=False, out_dir=run)
+    again = ts.evaluate(root, classes=['liver', 'spleen'], case_ids=ids[:2], progress=False, out_dir=run)
+    assert (again.manifest['status'] == 'skipped').all()
+    import os, time
+    p = root / ids[1] / 'predictions' / 'spleen.nii.gz'
+    core.save_nifti(np.zeros(cases[1].shape, bool), cases[1].affine, p, overwrite=True)
+    later = time.time() + 5; os.utime(p, (later, later))
+    third = ts.evaluate(root, classes=['liver', 'spleen'], case_ids=ids[:2], progress=False, out_dir=run)
+    assert third.manifest.set_index('case_id')['status'].to_dict() == {ids[0]: 'skipped', ids[1]: 'done'}
+    assert third['dsc'].set_index('name').loc[ids[1], 'spleen'] == 0.0
+
+
+def test_pixdim_that_disagrees_with_the_affine_is_reported(tmp_path):
+    # sform says 1.5 x 1.5 x 2.5 mm, qform (hence pixdim, what Touchstone reads) says 1 mm: NSD would differ
+    c = small_case(0)
+    d = write_case(c, tmp_path / 'ds' / c.case_id)
+    for f in [d / 'segmentations' / 'liver.nii.gz', d / 'segmentations' / 'spleen.nii.gz']:
+        img = nib.load(f); data = np.asarray(img.dataobj)
+        new = nib.Nifti1Image(data, c.affine); new.set_sform(c.affine, code=1); new.set_qform(np.eye(4), code=1)
+        nib.save(new, f)
+    assert tuple(nib.load(f).header['pixdim'][1:4]) == (1.0, 1.0, 1.0)
+    (d / 'predictions').mkdir()
+    for n in ('liver', 'spleen'):
+        core.save_nifti(np.roll(c.masks[n], 1, axis=2), c.affine, d / 'predictions' / f'{n}.nii.gz')
+    with pytest.warns(ts.SpacingDisagreementWarning, match='pixdim'):
+        s = ts.evaluate(tmp_path / 'ds', classes=['liver', 'spleen'], progress=False)
+    assert 'sform' in s.notes['note'].iloc[0]
+    # our NSD uses the affine's 2.5 mm slices: a one-slice shift is outside 1.5 mm (with pixdim's 1 mm it would be inside)
+    got = s['nsd'].set_index('name').loc[c.case_id, 'liver']
+    assert got == pytest.approx(ts.nsd(np.roll(c.masks['liver'], 1, axis=2), c.masks['liver'], (1.5, 1.5, 2.5)))
+    assert got < ts.nsd(np.roll(c.masks['liver'], 1, axis=2), c.masks['liver'], (1.0, 1.0, 1.0)) == 1.0
+
+
+def test_evaluate_cases_in_memory_leaves_a_mismatched_case_out():
+    a, b = small_case(0), small_case(1)
+    wrong = {'liver': a.masks['liver'][:-1], 'spleen': a.masks['spleen'][:-1]}
+    s = ts.evaluate_cases([(a.masks, a), (wrong, b)], classes=['liver', 'spleen'])
+    assert list(s['dsc']['name']) == [a.case_id]
+    assert 'GridMismatchError' in s.failed.set_index('case_id').loc[b.case_id, 'error']
