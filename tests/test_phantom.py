@@ -6,7 +6,7 @@ Tolerances (see the constants below) are in voxels of the grid under test, mm, c
 """
 from __future__ import annotations
 
-import csv, filecmp, json, os
+import csv, filecmp, json, os, re
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +222,85 @@ def test_flags_follow_radgpt_rules():
     c2 = P.make_case(31, phase='non-contrast', tumors='none', patient={'fatty_liver': False, 'fatty_pancreas': False})
     o2 = c2.meta['truth']['organs']
     assert not o2['liver']['fatty'] and not o2['pancreas']['fatty'] and o2['liver']['mean_hu'] > 45
+
+
+# ---- organ sizes: normal unless the truth says enlarged (issue 13) ------------------------------------
+
+THRESHOLDS_CM3 = {'spleen': 314.5, 'kidney_left': 207.6, 'kidney_right': 207.6, 'liver': 3000.0, 'pancreas': 83.0}  # reports.md
+SIZE_MARGIN = 0.05      # a normal organ stays this far (relative) under its enlargement threshold
+HEALTHY_SEEDS = range(1000, 1050)
+
+
+def _healthy(seed):
+    return P.make_case(seed, hospital=sorted(P.HOSPITALS)[seed % len(P.HOSPITALS)], tumors='none',
+                       patient={'enlarged': []})
+
+
+def test_healthy_cases_are_normal_sized():
+    "50 healthy mini cases across the hospitals: the truth flags nothing, and every size is under its line with a margin."
+    for seed in HEALTHY_SEEDS:
+        c = _healthy(seed)
+        t = c.meta['truth']
+        assert not [x for x in t['conditions'] if not x.startswith('fatty_')], (seed, t['conditions'])
+        for o, th in THRESHOLDS_CM3.items():
+            assert t['organs'][o]['enlarged'] is False, (seed, o)
+            assert t['drawn_volumes_cm3'][o] <= (1 - SIZE_MARGIN) * th, (seed, o, t['drawn_volumes_cm3'][o])
+            assert t['organs'][o]['volume_cm3'] <= (1 - SIZE_MARGIN) * th, (seed, o, t['organs'][o]['volume_cm3'])
+            v = c.masks[o].sum() * np.prod(c.spacing) / 1000     # the voxels a report would count
+            assert v <= (1 - SIZE_MARGIN) * th, (seed, o, v)
+
+
+def test_random_patients_are_enlarged_only_where_the_truth_says():
+    "Default draws (15 % splenomegaly): an organ's truth flag is set exactly when its condition was drawn."
+    n_spleno = 0
+    for seed in range(1100, 1125):
+        t = P.make_case(seed, tumors='none').meta['truth']
+        drawn = {o for o, th in THRESHOLDS_CM3.items() if t['drawn_volumes_cm3'][o] > th}
+        flagged = {o for o in THRESHOLDS_CM3 if t['organs'][o]['enlarged']}
+        assert flagged <= drawn and drawn - flagged <= {o for o in drawn if t['organs'][o]['touches_border']}, (seed, t)
+        assert drawn <= {'spleen'}, (seed, drawn)
+        assert ('splenomegaly' in t['conditions']) == ('spleen' in drawn)
+        n_spleno += 'spleen' in drawn
+    assert 0 < n_spleno < 12
+
+
+def test_enlarged_on_request_keeps_the_anatomy_consistent():
+    for seed, h in ((2000, 'northgate'), (2003, 'lakeshore')):
+        c = P.make_case(seed, hospital=h, tumors='random', patient={'enlarged': list(THRESHOLDS_CM3)})
+        t = c.meta['truth']
+        for o, th in THRESHOLDS_CM3.items():
+            assert t['drawn_volumes_cm3'][o] > 1.05 * th, (o, t['drawn_volumes_cm3'][o])
+            if not t['organs'][o]['touches_border']:
+                assert t['organs'][o]['enlarged'] and t['organs'][o]['volume_cm3'] > th, (o, t['organs'][o])
+                assert c.masks[o].sum() * np.prod(c.spacing) / 1000 > th
+        assert {'splenomegaly', 'hepatomegaly', 'enlarged_pancreas', 'enlarged_kidney_left', 'enlarged_kidney_right'} <= set(t['conditions'])
+        names = list(dict.fromkeys(ORGANS + VESSELS))
+        assert sum(c.masks[n].astype(np.uint8) for n in names).max() <= 1
+        assert not any((m & ~c.masks['body']).any() for m in c.masks.values())
+        np.testing.assert_array_equal(c.labels['liver_segments'] > 0, c.masks['liver'])
+        np.testing.assert_array_equal(c.labels['pancreas_parts'] > 0, c.masks['pancreas'])
+        inst = c.labels['lesion_instances']
+        for l in t['lesions']: assert not ((inst == l['id']) & ~c.masks[l['organ']]).any()
+
+
+def test_enlargement_requests_fail_clearly():
+    with pytest.raises(ValueError, match='list of organ names'): P.make_case(1, patient={'enlarged': 'spleen'})
+    with pytest.raises(ValueError, match='Cannot enlarge'): P.make_case(1, patient={'enlarged': ['stomach']})
+    with pytest.raises(ValueError, match='drop one'): P.make_case(1, patient={'enlarged': ['spleen'], 'volumes': {'spleen': 200}})
+    with pytest.raises(ValueError, match='Unknown organ'): P.make_case(1, patient={'volumes': {'brain': 1200}})
+    with pytest.raises(ValueError, match='positive number'): P.make_case(1, patient={'volumes': {'spleen': -5}})
+
+
+def test_report_of_healthy_cases_finds_nothing_enlarged():
+    "End to end through the report chapter (only called here): healthy cases read 'normal in size'; an enlarged pancreas is reported."
+    report = pytest.importorskip('abdomen_nb.report').report
+    word = re.compile(r'enlarg|splenomegaly|hepatomegaly', re.I)
+    for seed in (1000, 1001, 1002, 1003, 1004):
+        r = report(_healthy(seed))
+        assert not word.search(r['structured']) and not word.search(r['narrative']), (seed, r['structured'])
+        assert not any(d.get('enlarged') for d in r['measurements']['organs'].values())
+    r = report(P.make_case(1000, hospital='coastal', tumors='none', patient={'enlarged': ['pancreas']}))
+    assert re.search(r'Pancreas: enlarged', r['structured']) and r['measurements']['organs']['pancreas']['enlarged']
 
 
 def test_phases_change_hu():
