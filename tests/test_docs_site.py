@@ -471,3 +471,15 @@ def test_sidebar_order_from_sidebar_yml(tmp_path):
     (tmp_path / 'sidebar.yml').unlink()
     nav = [(sec, p.name) for sec, p in offline_docs.navigation(tmp_path, offline_docs.site_settings(offline_docs.nbdev_config(), tmp_path))]
     assert [n for _, n in nav] == ['index.ipynb', '00_core.ipynb', '02_viz.ipynb', '10_seg.ipynb']
+
+
+def test_missing_browser_skips_unless_required(monkeypatch):
+    "Without Chromium the browser checks skip and say how to get it; ABDOMEN_NB_REQUIRE_BROWSER=1 (CI) fails them."
+    import conftest
+    msg = conftest.NO_CHROMIUM.format(where='/usr/bin/chromium')
+    assert 'make browser' in msg and 'apt-get install' in msg and 'ABDOMEN_NB_CHROMIUM' in msg
+    monkeypatch.delenv(conftest.REQUIRE_BROWSER, raising=False)
+    with pytest.raises(pytest.skip.Exception, match='make browser'): conftest.browser_missing(msg)
+    monkeypatch.setenv(conftest.REQUIRE_BROWSER, '1')
+    with pytest.raises(pytest.fail.Exception, match='ABDOMEN_NB_REQUIRE_BROWSER=1'): conftest.browser_missing(msg)
+    assert 'ABDOMEN_NB_REQUIRE_BROWSER=1' in (ROOT / '.ci' / 'run').read_text()

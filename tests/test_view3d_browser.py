@@ -67,7 +67,9 @@ def test_view3d_itk_backend_explains_how_to_install():
     except ImportError: pass
     else: pytest.skip('itkwidgets is installed: nothing to explain')
     case, shown = _case()
-    with pytest.raises(ImportError, match=r"pip install 'abdomen_nb\[itk\]'.*backend='niivue'"):
+    # there is no `.[itk]` extra until the itkwidgets backend's own issue lands (itkwidgets 0.32.6 needs
+    # ipywidgets < 8): the error must point at the backend that works
+    with pytest.raises(ImportError, match=r"backend='niivue'"):
         view3d(case, backend='itk', static=False)
 
 

@@ -5,13 +5,29 @@
     python tools/offline_docs.py --readme-only    # README.md from nbs/index.ipynb
 
 Every notebook in `nbs/` goes through nbdev's own notebook processors (`nbdev.processors.FilterDefaults`,
-the same ones `nbdev_docs` runs before Quarto): `#| hide` / `#| export` directives are applied, `show_doc`
-cells are added after exported definitions and executed, backticked names become links. The processed
-notebook is then rendered with nbconvert's `HTMLExporter` (outputs and figures embedded as data URIs) and
-wrapped in a page with a sidebar of chapters (order and titles from `nbs/sidebar.yml` or `_quarto.yml`
-when they list pages, else the notebook numbers), previous/next links and one local stylesheet. Links to
-the published site (`doc_host` + `doc_baseurl` in settings.ini) and to `*.ipynb` files become relative
-links between the generated pages, so the site works from `file://` with no network.
+the ones `nbdev_docs` runs before Quarto), with three replacements:
+
+* the title cell: `# Title` and every `>` line become the page title and (whole) description, and the
+  prose under them stays on the page (nbdev's frontmatter processor drops the whole cell);
+* API blocks: nbdev's `exec_show_docs` re-runs the notebook's import and export cells (a cell mixing imports
+  with other code then fails with a NameError); here each `show_doc` cell is rendered from the *exported
+  module* with nbdev's `show_doc` (signature + docstring + docments via `inspect`), in a namespace of that
+  module plus the notebook's import statements. Each block is a `div.api-block[data-symbol]`;
+* links: nbdev's `add_links` is replaced by a site-wide pass that links every backticked package symbol,
+  module or notebook name to its block or page (never inside code blocks or signatures).
+
+Maths (`$...$`, `$$...$$` outside code) is converted to MathML with latex2mathml at build time (no CDN, no
+JavaScript); tqdm progress-bar widgets are dropped, other widgets get a note. The processed notebook is
+rendered with nbconvert's `HTMLExporter` (figures embedded as data URIs) and wrapped in a page with a sidebar
+(order from `nbs/sidebar.yml` or `_quarto.yml` when they list pages, else the notebook numbers), a pager, one
+local stylesheet and a Pagefind search box (`pagefind[bin]` indexes the built pages into `pagefind/`; search
+needs the site served over HTTP: `make docs-serve`). Links to the published site and to `*.ipynb` files
+become relative links, so the site works from `file://` with no network.
+
+The build FAILS (exit 1, after writing the site and `build_errors.txt`) on any error, each named with its
+notebook and cell: a `show_doc` / `exec_doc` cell or import that fails, a stored error output, a broken
+internal link or anchor, a missing or remote figure, LaTeX that does not convert. `--allow-errors` writes a
+preview and exits 0.
 """
 from __future__ import annotations
 
@@ -658,7 +674,7 @@ STYLE = """
 body { margin:0; font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color:var(--fg); }
 a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
 .site-header { position: sticky; top:0; z-index:10; background:#0b3d66; color:#fff; padding:.6rem 1.2rem; display:flex; gap:1rem; align-items:baseline; }
-.site-header a { color:#fff; font-weight:600; font-size:1.1rem; } .site-header span { color:#cfe0f0; font-size:.85rem; }
+.site-header a { color:#fff; font-weight:600; font-size:1.1rem; white-space:nowrap; } .site-header span { color:#cfe0f0; font-size:.8rem; line-height:1.3; }
 .layout { display:flex; align-items:flex-start; }
 nav.sidebar { position: sticky; top:2.8rem; width:var(--side); flex:0 0 var(--side); height:calc(100vh - 2.8rem); overflow-y:auto; padding:1rem .8rem 2rem 1.2rem; border-right:1px solid var(--border); font-size:.92rem; background:#fbfcfd; }
 nav.sidebar .section { margin:.9rem 0 .2rem; font-weight:600; color:var(--muted); text-transform:uppercase; font-size:.75rem; letter-spacing:.04em; }
@@ -700,11 +716,11 @@ def _count_images(nb) -> int:
     return sum(any(k.startswith('image/') for k in o.get('data', {})) for c in nb.cells
                for o in c.get('outputs', []))
 
-def link_symbols(docs: dict, order: list[str], modules: dict) -> dict:
+def link_symbols(docs: dict, order: list[str], modules: dict, notebooks: dict | None = None) -> dict:
     """Link every backticked package symbol to its API block: `make_case`, `phantom.make_case`,
     `abdomen_nb.phantom.make_case`, `CTCase.crop` and `make_case()` all link to the block of that name (on the
     page itself first, else on the first page that documents it). Constants link to their anchor, module
-    names (`core`, `abdomen_nb.core`) to their chapter. Code blocks, headings and existing links are left as
+    names (`core`, `abdomen_nb.core`) and notebook names (`21_report`, `21_report.ipynb`) to their chapter. Code blocks, headings and existing links are left as
     they are; a name with no block stays plain code."""
     from bs4 import BeautifulSoup
     soups = {name: BeautifulSoup(doc, 'html.parser') for name, doc in docs.items()}
@@ -726,6 +742,8 @@ def link_symbols(docs: dict, order: list[str], modules: dict) -> dict:
     for mod, page in modules.items():
         add(mod, page, '')
         if mod.split('.')[-1] in bare: add(mod.split('.')[-1], page, '')
+    for nb, page in (notebooks or {}).items():
+        add(nb, page, ''); add(Path(nb).stem, page, '')
     for name, soup in soups.items():
         up = '../' * name.count('/')
         main = soup.find('main') or soup
@@ -736,8 +754,9 @@ def link_symbols(docs: dict, order: list[str], modules: dict) -> dict:
             hits = table.get(key)
             if not hits: continue
             page, anchor = next(((p, a) for p, a in hits if p == name), hits[0])
-            a = soup.new_tag('a', href=(up + page if page != name else '') + (f'#{anchor}' if anchor else ''),
-                             attrs={'class': 'api-link'})
+            href = (up + page if page != name else '') + (f'#{anchor}' if anchor else '')
+            if not href: continue                                    # the page's own module name
+            a = soup.new_tag('a', href=href, attrs={'class': 'api-link'})
             code.wrap(a)
     return {name: str(soup) for name, soup in soups.items()}
 
@@ -911,13 +930,13 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, allow_er
         desc = f'<p class="description">{_md_inline(p["description"])}</p>' if p['description'] else ''
         doc = PAGE.format(title=html.escape(re.sub('`', '', p['title'])), site=html.escape(settings['title']),
                           desc_attr=html.escape(str(p['description']), quote=True), up=up,
-                          site_desc=html.escape(str(settings['description'])[:120]),
+                          site_desc=html.escape(str(settings['description'])),
                           sidebar=sidebar_html(navlist, p['page'], up, toc), title_html=_md_inline(p['title']),
                           description=desc, body=body, prev=prev, next=nxt, search_js=SEARCH_JS % json.dumps(up))
         docs[p['page']] = doc
         if not quiet: print(f"  {p['page']:<28} {p['title']}")
     modules = {m: p['page'] for p in pages if p['rec'] for m in p['rec']['modules'][:1]}
-    docs = link_symbols(docs, [p['page'] for p in pages], modules)
+    docs = link_symbols(docs, [p['page'] for p in pages], modules, nb_to_page)
     docs = check_links(docs, errors)
     for name, doc in docs.items():
         dest = out / name
