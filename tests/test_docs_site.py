@@ -193,11 +193,11 @@ def test_pages_in_chromium(site, served, browser, out_dir):
     as MathML (no raw `$`), at least one API block per exported module, every image loaded, no widget
     placeholders for progress bars, no request leaving 127.0.0.1, no JavaScript error, no broken link."""
     manifest = {m['page']: m for m in _manifest(site)}
-    raw_images = json.loads((site.parent / 'raw_images.json').read_text())
     openings = json.loads((site.parent / 'openings.json').read_text())
-    for m in manifest.values():
-        if m['notebook'] and raw_images.get(m['notebook'], 0) > 0:
-            assert m['figures'] > 0, f"{m['notebook']} holds figures but its processed page has none"
+    for m in manifest.values():     # the figures of the notebook as the build read it (others may re-run it meanwhile)
+        if m['notebook']:
+            assert m['figures'] >= m['notebook_figures'], \
+                f"{m['notebook']} holds {m['notebook_figures']} figures but its processed page {m['figures']}"
     page = browser.new_page()
     remote, errors = [], []
     page.on('request', lambda r: remote.append(r.url) if not r.url.startswith((served, 'data:', 'about:', 'blob:')) else None)

@@ -564,6 +564,10 @@ def public_symbols(lib: str | None = None) -> dict:
 def _process_for_site(path: str) -> dict:
     "Worker: nbdev processing, clean-up and HTML of one notebook, as JSON-friendly data."
     p, errors, api = Path(path), [], []
+    raw = json.loads(p.read_text(encoding='utf-8'))
+    shown = sum(any(k.startswith('image/') for k in o.get('data', {})) for c in raw['cells'] if c['cell_type'] == 'code'
+                and not re.search(r'^\s*#\|\s*(hide|include:\s*false|output:\s*false)\s*$', ''.join(c['source']), re.M)
+                for o in c.get('outputs', []))
     nb, fm = process_notebook(p, errors, api)
     math = MathTable(p.stem)
     mods = notebook_modules(nb)
@@ -574,7 +578,8 @@ def _process_for_site(path: str) -> dict:
     for src in re.findall(r'<img\b[^>]*?\bsrc="([^"]+)"', body):
         if not src.startswith('data:') and not any(f"'{src}'" in e for e in errors): errors.append(f"{p.name}: figure '{src[:80]}' is not embedded in the page (missing file?)")
     return {'body': body, 'fm': json.loads(json.dumps(fm, default=str)), 'errors': errors, 'api': api,
-            'modules': [f'{lib}.{m}' for m in mods], 'figures': _count_images(clean), 'maths': len(math.items)}
+            'modules': [f'{lib}.{m}' for m in mods], 'figures': _count_images(clean), 'notebook_figures': shown,
+            'maths': len(math.items)}
 
 def processed_notebooks(paths, cache: Path | None = CACHE_DIR, workers: int = DEFAULT_WORKERS, quiet=False) -> dict:
     """Process notebooks (in `workers` separate processes when > 1), reusing cached results for unchanged
@@ -946,7 +951,8 @@ def build_site(out: Path, nbs: Path | None = None, quiet: bool = False, allow_er
     manifest = [{'page': p['page'], 'title': p['title'], 'section': p['section'], 'description': p['description'],
                  'notebook': str(p['nb'].relative_to(nbs)) if p['nb'] else None,
                  'modules': p['rec']['modules'] if p['rec'] else [], 'api': p['rec']['api'] if p['rec'] else [],
-                 'figures': p['rec']['figures'] if p['rec'] else 0, 'maths': p['rec']['maths'] if p['rec'] else 0}
+                 'figures': p['rec']['figures'] if p['rec'] else 0,
+                 'notebook_figures': p['rec']['notebook_figures'] if p['rec'] else 0, 'maths': p['rec']['maths'] if p['rec'] else 0}
                 for p in pages]
     (out / 'pages.json').write_text(json.dumps(manifest, indent=1), encoding='utf-8')
     if search and (not errors or allow_errors): search_index(out, errors, quiet)
