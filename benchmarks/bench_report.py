@@ -21,20 +21,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests'))
 CLI = str(Path(sys.executable).parent / 'abdomen-nb')
-TUMORS = [{'organ': 'liver', 'type': 'hcc', 'diameter_mm': 45}, {'organ': 'liver', 'type': 'metastasis', 'diameter_mm': 18},
-          {'organ': 'kidney', 'type': 'cyst', 'diameter_mm': 24}, {'organ': 'pancreas', 'type': 'cyst', 'diameter_mm': 15},
-          {'organ': 'pancreas', 'type': 'pdac', 'diameter_mm': 30, 'contact': {'superior_mesenteric_artery': 200}}]
-
-
 def build(root: Path) -> tuple[Path, Path]:
     "The full phantom written twice: the phantom's own layout and the AbdomenAtlas 3.0 layout (cached in `root`)."
     a3, ph = root / 'atlas3' / 'BDMAP_00000001', root / 'phantom' / 'BDMAP_00000001'
     if (a3 / 'segmentations' / 'veins.nii.gz').exists() and (ph / 'truth.json').exists(): return a3, ph
     from abdomen_nb.phantom import make_case
     from abdomen_nb.core import write_case, write_json
-    from atlas3_layout import write_atlas3_case
+    from atlas3_layout import FULL_TUMORS, write_atlas3_case
     shutil.rmtree(root, ignore_errors=True)
-    case = make_case(0, phase='portal venous', tumors=TUMORS, size='full')
+    case = make_case(0, phase='portal venous', tumors=FULL_TUMORS, size='full')
     case.meta['case_id'] = 'BDMAP_00000001'
     write_case(case, ph); write_json(case.meta['truth'], ph / 'truth.json')
     write_atlas3_case(case, a3)

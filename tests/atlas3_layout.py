@@ -45,3 +45,10 @@ def write_atlas3_case(case: CTCase, out_dir) -> Path:
     for n in EMPTY_LESIONS:
         if n not in case.masks: put(n, zeros)
     return out
+
+
+# the full-resolution benchmark case of issue 14 (benchmarks/bench_report.py, tests/test_atlas3_case.py):
+# phantom seed 0, portal venous, five lesions, a PDAC wrapped 200 degrees around the SMA
+FULL_TUMORS = [{'organ': 'liver', 'type': 'hcc', 'diameter_mm': 45}, {'organ': 'liver', 'type': 'metastasis', 'diameter_mm': 18},
+               {'organ': 'kidney', 'type': 'cyst', 'diameter_mm': 24}, {'organ': 'pancreas', 'type': 'cyst', 'diameter_mm': 15},
+               {'organ': 'pancreas', 'type': 'pdac', 'diameter_mm': 30, 'contact': {'superior_mesenteric_artery': 200}}]
