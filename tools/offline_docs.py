@@ -31,7 +31,7 @@ preview and exits 0.
 """
 from __future__ import annotations
 
-import argparse, base64, copy, html, json, os, re, shutil, sys, time
+import argparse, base64, copy, functools, html, json, os, re, shutil, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +317,9 @@ class ApiDocs:
         if not _is_showdoc(cell): return
         try: res = self._run(cell.source)
         except Exception as e:
-            self._err(cell, 'show_doc fails', e); cell.outputs = []; return
+            hint = (' (the name is not in the exported module: is the cell `#| export`ed and nbdev_export run?)'
+                    if isinstance(e, NameError) else '')
+            self._err(cell, 'show_doc fails', e); self.errors[-1] += hint; cell.outputs = []; return
         if not hasattr(res, '_repr_markdown_'): return
         import ast
         call = next((n for n in ast.walk(_parse_cell(cell.source)) if isinstance(n, ast.Call)
@@ -547,6 +549,7 @@ def _cache_key(path: Path) -> str:
     h.update(str(path.resolve()).encode())
     return h.hexdigest()[:32]
 
+@functools.lru_cache(maxsize=None)
 def public_symbols(lib: str | None = None) -> dict:
     "name -> 'package.module.name' for every name in a module's `__all__` (first module wins)."
     import importlib, pkgutil
@@ -572,7 +575,7 @@ def _process_for_site(path: str) -> dict:
     math = MathTable(p.stem)
     mods = notebook_modules(nb)
     lib = nbdev_config().lib_name
-    public = {n: s for n, s in public_symbols(lib).items() if any(s == f'{lib}.{m}.{n}' for m in mods)}
+    public = {n: s for n, s in (public_symbols(lib) if mods else {}).items() if any(s == f'{lib}.{m}.{n}' for m in mods)}
     clean = to_nbformat(nb, p.parent, p.name, errors, math, public)
     body = math.substitute(render_body(clean, p.parent))
     for src in re.findall(r'<img\b[^>]*?\bsrc="([^"]+)"', body):
