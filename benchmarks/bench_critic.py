@@ -22,7 +22,8 @@ from abdomen_nb.core import AtlasDataset, CTCase, write_case
 
 def synthetic_full(seed=0):
     "A 512 x 512 x 300 stand-in (0.8 x 0.8 x 1.5 mm) when the phantom's 'full' size is not available."
-    small = C._synthetic_case(seed)
+    from abdomen_nb.critic_images import _synthetic_case
+    small = _synthetic_case(seed)
     from scipy import ndimage
     f = [512 / 112, 512 / 96, 300 / 72]
     ct = ndimage.zoom(small.ct, f, order=0)
