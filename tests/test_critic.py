@@ -1,4 +1,4 @@
-"""Label Critic (abdomen_nb.critic): projection geometry, the projections against a transcription of the published
+"""Label Critic (abdomen_nb.critic, which imports the projections of abdomen_nb.critic_images): projection geometry, the projections against a transcription of the published
 Label Critic pipeline (torch + OpenCV, skipped without OpenCV), critics on corruptions with a clear truth, symmetry,
 the VLM procedure (stub and a tiny config-built transformers model) and the command line end to end.
 Cases come from the phantom, whose recorded masks are the truth; geometry checks use hand-built volumes."""
