@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_pipeline.ipynb #3c140046
 from __future__ import annotations
-import argparse, csv, html, importlib, json, sys, tempfile, time
+import argparse, html, importlib, json, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,8 @@ from .core import (AbdomenNBError, AtlasDataset, CTCase, atomic_write, orientati
                              write_json)
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'FALLBACK_MODULES', 'DEMO_STAGES', 'main', 'case_info', 'main_info', 'run_batch', 'stage_cohort',
-           'stage_overview', 'DemoStageError', 'run_demo', 'main_demo']
+__all__ = ['SUBCOMMANDS', 'DEMO_STAGES', 'main', 'case_info', 'main_info', 'stage_cohort', 'stage_overview', 'DemoStageError',
+           'run_demo', 'main_demo']
 
 # %% ../nbs/90_pipeline.ipynb #931f487d
 SUBCOMMANDS = {  # name -> (module, one-line help)
@@ -27,27 +27,20 @@ SUBCOMMANDS = {  # name -> (module, one-line help)
     'segment':  ('seg',        'predict masks for a dataset with a trained model'),
     'evaluate': ('touchstone', 'Touchstone DSC/NSD tables, ranking and statistics'),
     'report':   ('report',     'structured and narrative reports from masks (RadGPT)'),
-    'vqa':      ('vqa_answerers', 'DeepTumorVQA question generation and scoring'),
+    'vqa':      ('vqa_answerers', 'DeepTumorVQA questions (generate, export), answerers and scoring'),
     'synth':    ('synth',      'insert synthetic tumors, parse tumor text'),
     'text2ct':  ('text2ct',    'text -> CT latent diffusion'),
     'critic':   ('critic',     'Label Critic: choose the better label per case and organ'),
     'curate':   ('curation',   'AbdomenAtlas / ScaleMAI curation loops with a simulated reviewer'),
 }
-FALLBACK_MODULES = {'vqa_answerers': 'vqa'}  # a function not moved yet is still found in its old module
-
 def _find(mod_name:str, attr:str):
-    "`abdomen_nb.<mod_name>.<attr>`, or from its fallback module; (function or None, why not)."
-    why = None
-    for name in (mod_name, FALLBACK_MODULES.get(mod_name)):
-        if name is None: continue
-        try: mod = importlib.import_module(f'abdomen_nb.{name}')
-        except ModuleNotFoundError as e:
-            if e.name != f'abdomen_nb.{name}': raise
-            why = why or f"the chapter '{mod_name}' is planned but not built yet"; continue
-        fn = getattr(mod, attr, None)
-        if fn is not None: return fn, None
-        why = f"abdomen_nb.{mod_name} has no {attr} yet (planned)"
-    return None, why
+    "`abdomen_nb.<mod_name>.<attr>`, imported on first use; (function or None, why not)."
+    try: mod = importlib.import_module(f'abdomen_nb.{mod_name}')
+    except ModuleNotFoundError as e:
+        if e.name != f'abdomen_nb.{mod_name}': raise
+        return None, f"the chapter '{mod_name}' is planned but not built yet"
+    fn = getattr(mod, attr, None)
+    return (fn, None) if fn is not None else (None, f"abdomen_nb.{mod_name} has no {attr} yet (planned)")
 
 def _usage() -> str:
     rows = '\n'.join(f'  {k:<9} {h}' for k, (_, h) in SUBCOMMANDS.items())
@@ -72,17 +65,24 @@ def main(argv=None) -> int:
         print(f"abdomen-nb {cmd}: {type(e).__name__}: {e}.{hint}", file=sys.stderr); return 1
 
 # %% ../nbs/90_pipeline.ipynb #fb3f86e3
+def _labels_present(m:np.ndarray) -> list[int]:
+    "The non-zero labels of an integer label map (one pass, no sort: np.unique on 79 M voxels takes seconds)."
+    if m.dtype == np.uint8:
+        seen = np.zeros(256, bool); seen[m.ravel()] = True
+        return [int(v) for v in np.flatnonzero(seen) if v]
+    return sorted(int(v) for v in np.unique(m) if v)
+
 def case_info(case:CTCase) -> dict:
-    "A summary of a case: grid, orientation on disk, HU range, and each structure's voxel count and volume."
+    "A summary of a case: grid, orientation on disk, HU range, and each structure's voxel count and volume (from its box: no full-grid mask)."
     vv = case.voxel_volume_mm3
     src = case.meta.get('source_affine')
     return {
         'case_id': case.case_id, 'shape': list(case.shape), 'spacing_mm': [round(s, 4) for s in case.spacing],
         'orientation_on_disk': orientation(src) if src is not None else orientation(case.affine),
         'hu_min': float(case.ct.min()), 'hu_max': float(case.ct.max()),
-        'structures': {k: {'voxels': int(m.sum()), 'volume_cm3': round(float(m.sum()) * vv / 1000, 2)}
-                       for k, m in case.masks.items()},
-        'label_maps': {k: sorted(int(v) for v in np.unique(m) if v) for k, m in case.labels.items()},
+        'structures': {k: {'voxels': (n := case.voxel_count(k)), 'volume_cm3': round(n * vv / 1000, 2)}
+                       for k in case.masks},
+        'label_maps': {k: _labels_present(m) for k, m in case.labels.items()},
         **{k: case.meta[k] for k in ('sex', 'age', 'scanner', 'phase', 'hospital') if k in case.meta},
     }
 
@@ -101,26 +101,6 @@ def main_info(argv) -> int:
         print(f"  {name:<32} {s['voxels']:>10} voxels {s['volume_cm3']:>10.2f} cm^3")
     for name, labs in info['label_maps'].items(): print(f"  label map {name}: labels {labs}")
     return 0
-
-# %% ../nbs/90_pipeline.ipynb #774411db
-def run_batch(case_ids:list, # the cases to process
-              fn, # fn(case_id); raises on failure
-              done=lambda cid: False, # done(case_id) -> True if its outputs are complete (skipped)
-              log_csv=None, # failures are appended here (one row per failed case); manifest.csv goes beside it
-              progress:bool=True, desc:str='cases',
-             ) -> pd.DataFrame:  # batch.run_batch's manifest (case_id, status, seconds, peak_mb, outputs, error, traceback)
-    "Deprecated alias of `abdomen_nb.batch.run_batch` (in-process), with the old failures CSV."
-    from abdomen_nb.batch import run_batch as _run
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(log_csv).parent if log_csv is not None else Path(scratch)
-        m = _run(case_ids, fn, out, done=done, progress=progress, desc=desc)
-    if log_csv is not None and (m.status == 'failed').any():
-        p = Path(log_csv); new = not p.exists(); p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, 'a', newline='') as f:
-            w = csv.writer(f)
-            if new: w.writerow(['case_id', 'error', 'traceback'])
-            for r in m[m.status == 'failed'].itertuples(): w.writerow([r.case_id, r.error, r.traceback])
-    return m
 
 # %% ../nbs/90_pipeline.ipynb #13583177
 def _fig_case(case:CTCase, path:Path):
@@ -162,7 +142,7 @@ class DemoStageError(AbdomenNBError, RuntimeError):
 DEMO_STAGES = [  # (title, module, function name, keyword arguments) added by later chapters; run in order
     ('Reports (RadGPT)', 'report', 'demo_stage', {}),
     ('Segmentation and Touchstone', 'seg', 'demo_stage', {'iterations': 30}),  # a short run keeps the demo quick
-    ('Visual question answering', 'vqa_answerers', 'demo_stage', {}),  # falls back to vqa until moved
+    ('Visual question answering', 'vqa_answerers', 'demo_stage', {}),
     ('Label Critic', 'critic', 'demo_stage', {}),
 ]
 
