@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (AbdomenNBError, AtlasDataset, CTCase, LIVER_SEGMENTS, MissingFileError,
-                             PANCREAS_PARTS, atomic_write)
+                             PANCREAS_PARTS, atomic_write, bbox)
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'TAXONOMY', 'SPLENOMEGALY_CM3', 'SPLEEN_GRADES', 'ENLARGED_CM3', 'FATTY_LIVER_RATIO', 'STEATOSIS_HU',
@@ -884,7 +884,9 @@ def _segment_volumes(case:CTCase, m:dict) -> dict:
     if got: return dict(got)
     lm = case.labels.get('liver_segments')
     if lm is None: return {}
-    counts = np.bincount(np.asarray(lm).ravel().astype(np.int64), minlength=len(LIVER_SEGMENTS) + 1)
+    lm = np.asarray(lm); box = bbox(lm != 0)   # count inside the labels' box: a full-grid int64 copy costs seconds
+    if box is None: return {s: 0.0 for s in LIVER_SEGMENTS}
+    counts = np.bincount(lm[box].ravel(), minlength=len(LIVER_SEGMENTS) + 1)
     return {s: float(counts[i]) * case.voxel_volume_mm3 / 1000 for i, s in enumerate(LIVER_SEGMENTS, start=1)}
 
 def case_facts(case:CTCase, # a case with organ, lesion, sub-segment and vessel masks
