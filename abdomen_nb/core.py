@@ -17,8 +17,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['ATLAS_1_0', 'ATLAS_1_1', 'TOUCHSTONE_CLASSES', 'LESION_TYPES', 'LESION_PREFIX', 'LESION_UNIONS', 'LESIONS',
            'LIVER_SEGMENTS', 'PANCREAS_PARTS', 'SUBSEGMENT_LABELS', 'VESSELS', 'EXTRA_STRUCTURES', 'KNOWN_STRUCTURES',
-           'TOTALSEG_TO_ATLAS', 'ATLAS_3_0_TO_ATLAS', 'NAME_ALIASES', 'HU_WINDOWS', 'MAX_VOXELS', 'HU_RANGE',
-           'CASE_ID_RE', 'AbdomenNBError', 'MissingFileError', 'CorruptFileError', 'GridMismatchError',
+           'TOTALSEG_TO_ATLAS', 'ATLAS_3_0_TO_ATLAS', 'NAME_ALIASES', 'HU_WINDOWS', 'MAX_SPACING_MM', 'MAX_VOXELS',
+           'HU_RANGE', 'CASE_ID_RE', 'AbdomenNBError', 'MissingFileError', 'CorruptFileError', 'GridMismatchError',
            'NonBinaryMaskError', 'InvalidCTError', 'InvalidSpacingError', 'UnsafeCaseIdError', 'EmptyMaskError',
            'VolumeTooLargeError', 'OutputExistsError', 'MissingStructureError', 'ImplausibleHUWarning',
            'UnknownStructureWarning', 'atlas_name', 'check_structure_name', 'hu_window', 'apply_window',
@@ -157,13 +157,19 @@ def spacing_from_affine(affine:np.ndarray) -> tuple[float, float, float]:
     "Voxel size in mm along each array axis (column norms of the affine)."
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
-def check_spacing(spacing, source='') -> tuple[float, float, float]:
-    "Raise `InvalidSpacingError` unless every spacing is finite and > 0."
+MAX_SPACING_MM = 50.0  # no CT has voxels larger than this: a bigger spacing is a broken header
+
+def check_spacing(spacing, source='', max_mm:float=MAX_SPACING_MM) -> tuple[float, float, float]:
+    "Raise `InvalidSpacingError` unless every spacing is finite, > 0 and <= `max_mm`."
     sp = tuple(float(s) for s in spacing)
+    where = f' in {source}' if source else ''
     if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-        where = f' in {source}' if source else ''
         raise InvalidSpacingError(f"Voxel spacing {sp}{where} is not three positive finite numbers (mm). "
                                   "Fix the NIfTI header (pixdim / affine) or pass the true spacing.")
+    if max(sp) > max_mm:
+        raise InvalidSpacingError(f"Voxel spacing {sp}{where} is absurd: above {max_mm:g} mm (CT voxels are "
+                                  "0.5-5 mm; a header in micrometres read as mm?). Fix the NIfTI header "
+                                  "(pixdim / affine) or pass the true spacing.")
     return sp
 
 def bbox(mask:np.ndarray, # boolean array
@@ -598,7 +604,11 @@ def safe_case_dir(root, case_id:str) -> Path:
     if not isinstance(case_id, str) or not CASE_ID_RE.match(case_id) or '..' in case_id:
         raise UnsafeCaseIdError(f"Case id {case_id!r} is not a plain folder name (letters, digits, '_', '-', '.'); "
                                 "it could write outside the dataset folder. Rename the case.")
-    return Path(root) / case_id
+    d = Path(root) / case_id
+    if d.is_symlink() and not d.resolve().is_relative_to(Path(root).resolve()):
+        raise UnsafeCaseIdError(f"Case folder {d} is a symlink to {d.resolve()}, outside the dataset folder "
+                                f"{root}. Copy the case into the dataset or remove the link.")
+    return d
 
 def _nii_name(p:Path) -> str:
     return p.name[:-7] if p.name.endswith('.nii.gz') else p.name[:-4]

@@ -12,7 +12,8 @@ import pandas as pd
 from scipy import ndimage
 
 from .core import (AbdomenNBError, AtlasDataset, CTCase, LESION_PREFIX, LESION_TYPES, MissingFileError,
-                             OutputExistsError, atomic_write, list_masks, read_case, read_totalseg, write_json)
+                             OutputExistsError, atomic_write, list_masks, read_case, read_totalseg, safe_case_dir,
+                             write_json)
 from .batch import add_batch_args, batch_options, finish_batch, run_batch
 from .measure import (LARGE_LESION_MM, LESION_ORGANS, METADATA_COLUMNS, REPORT_ORGANS, SMALL_LESION_MM,
                                 STAGE_ORDER, STRUCT26, highest_stage, iso_crop, lesion_masks, mask_box,
@@ -754,7 +755,7 @@ def main_report(argv) -> int:
 def _dataset_case(cid:str, root:str, masks:str|None, out:str|None, parts:str, narrative, seed:int,
                   max_new_tokens:int) -> list[str]:
     "One case of `report --dataset` (module level, so Dask workers can run it): its report and metadata row."
-    case = _read_for_report(Path(root) / cid, None if masks is None else Path(masks) / cid)
+    case = _read_for_report(safe_case_dir(root, cid), None if masks is None else Path(masks) / cid)
     paths = []
     if out:
         r = report(case, narrative=narrative, seed=seed, llm_kw={'max_new_tokens': max_new_tokens})
@@ -774,7 +775,7 @@ def _main_dataset(a) -> int:
     fn = functools.partial(_dataset_case, root=str(ds.root), masks=a.masks, out=a.out, parts=str(parts),
                            narrative=_narr(a), seed=a.seed, max_new_tokens=a.max_new_tokens)
     res = run_batch(ds.ids, fn, parts, done=functools.partial(_row_done, parts), progress=False, desc='reports',
-                    **batch_options(a))
+                    source=f'Dataset folder {ds.root}', **batch_options(a))
     rows = [json.loads((parts / f'{c}.json').read_text()) for c in ds.ids if _row_done(parts, c)]
     table = pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
     atomic_write(csv, lambda p: table.to_csv(p, index=False), overwrite=True)

@@ -18,7 +18,7 @@ from abdomen_nb.measure import (METADATA_COLUMNS, MeasurementWarning, axial_diam
                                 metadata_row, metadata_table, pancreas_parts_from_sma)
 from abdomen_nb.report import (faithfulness, label_report, main_report, narrative_llm, narrative_rules, report,
                                structured_report, tiny_lm, STYLES)
-from abdomen_nb.critic import dice
+from abdomen_nb.core import dice
 
 phantom = pytest.importorskip('abdomen_nb.phantom')
 
