@@ -4,22 +4,25 @@
 
 # %% ../nbs/02_viz.ipynb #13794182
 from __future__ import annotations
-import colorsys, gzip, zlib
+import colorsys, gzip, sys, zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
-from .core import (CTCase, KNOWN_STRUCTURES, HU_WINDOWS, hu_window, apply_window, bbox,
+from .core import (AbdomenNBError, CTCase, KNOWN_STRUCTURES, HU_WINDOWS, hu_window, apply_window, bbox,
                              combined_labels, check_spacing, atlas_name, MissingStructureError,
                              EmptyMaskError)
 
 # %% auto #0
-__all__ = ['STRUCTURE_COLOURS', 'PLANES', 'PLANE_EDGES', 'CONTEXT_STRUCTURES', 'ITK_INSTALL_HELP', 'NIIVUE_INSTALL_HELP',
-           'VIEW3D_BACKENDS', 'structure_colour', 'to_display', 'orient_slice', 'pixel_spacing', 'blend_overlay',
-           'legend_handles', 'slice_index', 'show_slice', 'show_planes', 'montage_indices', 'slice_montage',
-           'frontal_projection', 'show_frontal', 'nifti_bytes', 'label_lut', 'view3d']
+__all__ = ['STRUCTURE_COLOURS', 'PLANES', 'PLANE_EDGES', 'CONTEXT_STRUCTURES', 'NIIVUE_INSTALL_HELP', 'VIEW3D_BACKENDS',
+           'ITK_VIEWER_NPM', 'ITK_ASSETS_NAME', 'ITK_CDN_URL', 'ITK_INSTALL_HELP', 'ITK_MAX_VOXELS', 'structure_colour',
+           'to_display', 'orient_slice', 'pixel_spacing', 'blend_overlay', 'legend_handles', 'slice_index',
+           'show_slice', 'show_planes', 'montage_indices', 'slice_montage', 'frontal_projection', 'show_frontal',
+           'nifti_bytes', 'label_lut', 'view3d', 'ViewerError', 'itk_assets_dir', 'itk_assets_installed',
+           'install_itk_assets', 'itk_display_step', 'main_viewer']
 
 # %% ../nbs/02_viz.ipynb #17886e97
 _HAND_PICKED = {  # name -> (r, g, b), 0..255
@@ -302,10 +305,6 @@ def show_frontal(x, # a `CTCase` or (X, Y, Z) CT array
     return ax
 
 # %% ../nbs/02_viz.ipynb #4fc8f932
-ITK_INSTALL_HELP = ("The 'itk' backend needs itkwidgets, an optional extra: pip install 'abdomen_nb[itk]' "
-                    "(itkwidgets 0.32.6 renders only in the classic Notebook 6 and needs ipywidgets 7; the "
-                    "1.0 pre-releases, pip install --pre itkwidgets, load their viewer from a CDN and need "
-                    "internet). In JupyterLab 4 use backend='niivue' (the default).")
 NIIVUE_INSTALL_HELP = "The 'niivue' backend needs ipyniivue: pip install 'ipyniivue>=2.0' (then reload the page)."
 VIEW3D_BACKENDS = ('niivue', 'itk')
 
@@ -348,25 +347,6 @@ def _niivue(case, names, window, height, opacity, **opts):
     nv.volumes = vols
     return nv
 
-def _itk_image(arr, affine):
-    "An itk.Image (LPS physical space, as ITK expects) from a RAS+ (X, Y, Z) array and affine."
-    import itk
-    img = itk.image_from_array(np.ascontiguousarray(np.asarray(arr).transpose(2, 1, 0)))
-    sp = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
-    flip = np.diag([-1.0, -1.0, 1.0])  # RAS -> LPS
-    img.SetSpacing([float(s) for s in sp])
-    img.SetOrigin([float(v) for v in flip @ np.asarray(affine)[:3, 3]])
-    img.SetDirection(itk.matrix_from_array(flip @ (np.asarray(affine)[:3, :3] / sp)))
-    return img
-
-def _itk(case, names, window, height, opacity, **opts):
-    try: import itkwidgets
-    except ImportError as e: raise ImportError(ITK_INSTALL_HELP) from e
-    lo, hi = hu_window(window)
-    kw = dict(image=_itk_image(case.ct.astype(np.float32), case.affine))
-    if names: kw['label_image'] = _itk_image(combined_labels(case.masks, names), case.affine)
-    return itkwidgets.view(**{**kw, **opts})
-
 def view3d(case:CTCase, # the case to show
            structures=None, # masks to overlay as labels (None: all but `CONTEXT_STRUCTURES`; [] for the CT alone)
            backend:str|None=None, # 'niivue' (default) or 'itk'
@@ -374,7 +354,7 @@ def view3d(case:CTCase, # the case to show
            static:bool=True, # also draw the static three-plane figure (for docs and saved notebooks)
            height:int=420, # widget height in pixels
            opacity:float=0.5, # opacity of the label overlay
-           **opts): # passed to the backend (`ipyniivue.NiiVue` options or `itkwidgets.view`)
+           **opts): # passed to the backend (`ipyniivue.NiiVue` options, or `max_voxels` for 'itk')
     "Open `case` in an inline 3D viewer, masks as a label overlay with the table colours, true voxel spacing."
     backend = backend or 'niivue'
     if backend not in VIEW3D_BACKENDS:
@@ -392,3 +372,167 @@ def _in_ipython() -> bool:
     try: from IPython import get_ipython
     except ImportError: return False
     return get_ipython() is not None
+
+# %% ../nbs/02_viz.ipynb #6487a7a6
+class ViewerError(AbdomenNBError):
+    "The 3D viewer's assets cannot be installed (npm missing, registry unreachable)."
+
+ITK_VIEWER_NPM = ('itk-vtk-viewer', '14.51.0')   # the exact viewer bundle `abdomen-nb viewer install-itk` fetches
+ITK_ASSETS_NAME = 'abdomen-nb-itk-viewer'          # served by Jupyter at {base_url}lab/extensions/<name>/static/
+ITK_CDN_URL = f"https://cdn.jsdelivr.net/npm/{ITK_VIEWER_NPM[0]}@{ITK_VIEWER_NPM[1]}/dist/itkVtkViewerCDN.js"
+ITK_INSTALL_HELP = ("The 'itk' backend's viewer (itk-vtk-viewer {1}) is not installed here: run "
+                    "`abdomen-nb viewer install-itk` (needs npm and the npm registry; about 110 MB into {0}), "
+                    "then reload the page. With internet it loads from the CDN instead.")
+ITK_MAX_VOXELS = 24_000_000   # above this the CT is downsampled for display (the browser holds it as int16)
+
+def itk_assets_dir(prefix=None) -> Path:
+    "Where `install-itk` puts the viewer bundle: a labextension folder inside the venv, served by JupyterLab and Notebook 7."
+    return Path(prefix or sys.prefix) / 'share' / 'jupyter' / 'labextensions' / ITK_ASSETS_NAME / 'static'
+
+def itk_assets_installed(prefix=None) -> bool:
+    d = itk_assets_dir(prefix)
+    return (d / 'itkVtkViewer.js').is_file() and (d / 'VERSION').is_file() and \
+           (d / 'VERSION').read_text().strip() == '@'.join(ITK_VIEWER_NPM)
+
+def install_itk_assets(prefix=None, force:bool=False, npm:str='npm') -> Path:
+    "Fetch itk-vtk-viewer's built bundle from the npm registry (`npm pack`) into `itk_assets_dir`; idempotent."
+    import shutil, subprocess, tarfile, tempfile
+    dest = itk_assets_dir(prefix)
+    if itk_assets_installed(prefix) and not force: return dest
+    if shutil.which(npm) is None:
+        raise ViewerError(f"`{npm}` was not found: install Node.js (npm) to fetch the itk viewer assets.")
+    spec = '@'.join(ITK_VIEWER_NPM)
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run([npm, 'pack', spec, '--silent'], cwd=tmp, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise ViewerError(f"npm pack {spec} failed (is the npm registry reachable?): {r.stderr.strip()[-400:]}")
+        tgz = next(Path(tmp).glob('*.tgz'))
+        with tarfile.open(tgz) as t:
+            t.extractall(tmp, members=[m for m in t.getmembers() if m.name.startswith('package/dist/')], filter='data')
+        stage = dest.parent / ('.static-' + next(tempfile._get_candidate_names()))
+        stage.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(Path(tmp) / 'package' / 'dist', stage)
+        (stage / 'VERSION').write_text(spec + '\n')
+        if dest.exists(): shutil.rmtree(dest)
+        stage.rename(dest)   # the folder appears whole or not at all
+    return dest
+
+# %% ../nbs/02_viz.ipynb #a9aaed70
+_ITK_ESM = r"""
+function baseUrl() {
+  const el = document.getElementById('jupyter-config-data');
+  if (el) { try { return JSON.parse(el.textContent).baseUrl || '/'; } catch (e) {} }
+  return '/';
+}
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    if (window.itkVtkViewer) return resolve(src);
+    const s = document.createElement('script'); s.src = src;
+    s.onload = () => resolve(src); s.onerror = () => { s.remove(); reject(new Error('could not load ' + src)); };
+    document.head.appendChild(s);
+  });
+}
+function itkImage(model, key, meta, typed) {
+  const dv = model.get(key);
+  const buf = dv.buffer.slice(dv.byteOffset, dv.byteOffset + dv.byteLength);
+  return { imageType: { dimension: 3, componentType: meta.ctype, pixelType: 'Scalar', components: 1 },
+           name: key, origin: meta.origin, spacing: meta.spacing, direction: new Float64Array(meta.direction),
+           size: meta.size, metadata: new Map(), data: new typed(buf) };
+}
+async function render({ model, el }) {
+  const t0 = performance.now();
+  const div = document.createElement('div');
+  div.className = 'abdomen-itk-viewer';
+  div.style.cssText = `position:relative;width:100%;height:${model.get('height')}px;background:#000`;
+  el.appendChild(div);
+  const note = document.createElement('div'); note.style.cssText = 'font-size:12px;color:#555';
+  note.textContent = model.get('note'); el.appendChild(note);
+  let src = null;
+  for (const u of [baseUrl() + model.get('local_path'), model.get('cdn_url')]) {
+    try { src = await loadScript(u); break; } catch (e) { console.warn(e.message); }
+  }
+  if (!src) { div.style.background = ''; div.textContent = model.get('missing_message'); el.dataset.itkState = 'missing'; return; }
+  const meta = model.get('meta');
+  const image = itkImage(model, 'ct', meta, Int16Array);
+  const opts = { image, rotate: false };
+  if (meta.names.length) opts.labelImage = itkImage(model, 'labels', { ...meta, ctype: 'uint8' }, Uint8Array);
+  try {
+    const viewer = await window.itkVtkViewer.createViewer(div, opts);
+    el.itkViewer = viewer;
+    viewer.setImageColorRange(meta.window);
+    if (meta.names.length) {
+      viewer.setLabelImageLabelNames(new Map(meta.names.map((n, i) => [i + 1, n])));
+      viewer.setLabelImageBlend(model.get('opacity'));
+    }
+    viewer.setCroppingPlanesEnabled(true);
+    viewer.setUICollapsed(false);
+    el.dataset.itkState = 'ready';
+    el.dataset.itkMs = String(Math.round(performance.now() - t0));
+  } catch (e) { el.dataset.itkState = 'error'; note.textContent = 'itk-vtk-viewer failed: ' + e; console.error(e); }
+}
+export default { render };
+"""
+
+def _itk_meta(case, step, names, window):
+    "Size, spacing, origin and direction of the (downsampled) grid in ITK's LPS space."
+    A = np.asarray(case.affine, float) @ np.diag([step, step, step, 1.0])
+    sp = np.sqrt((A[:3, :3] ** 2).sum(0))
+    flip = np.diag([-1.0, -1.0, 1.0])   # RAS -> LPS
+    D = flip @ (A[:3, :3] / sp)
+    return dict(origin=[float(v) for v in flip @ A[:3, 3]], spacing=[float(s) for s in sp],
+                direction=[float(v) for v in D.reshape(-1)],   # row-major, as itk-wasm reads it
+                ctype='int16', names=list(names), window=[float(v) for v in hu_window(window)])
+
+def itk_display_step(shape, max_voxels:int=ITK_MAX_VOXELS) -> int:
+    "Smallest integer stride along every axis that brings `shape` under `max_voxels`."
+    step = 1
+    while np.prod([-(-s // step) for s in shape]) > max_voxels: step += 1
+    return step
+
+def _itk(case, names, window, height, opacity, max_voxels=ITK_MAX_VOXELS, **opts):
+    import anywidget, traitlets
+    class ItkViewer(anywidget.AnyWidget):
+        _esm = _ITK_ESM
+        ct = traitlets.Bytes().tag(sync=True); labels = traitlets.Bytes(b'').tag(sync=True)
+        meta = traitlets.Dict().tag(sync=True); height = traitlets.Int(420).tag(sync=True)
+        opacity = traitlets.Float(0.5).tag(sync=True); note = traitlets.Unicode('').tag(sync=True)
+        local_path = traitlets.Unicode().tag(sync=True); cdn_url = traitlets.Unicode().tag(sync=True)
+        missing_message = traitlets.Unicode().tag(sync=True)
+    step = itk_display_step(case.ct.shape, max_voxels)
+    sl = (slice(None, None, step),) * 3
+    ct = _ct_int16(case.ct[sl])
+    # itk-wasm images are x-fastest: a C-order (Z, Y, X) buffer
+    kw = dict(ct=np.ascontiguousarray(ct.transpose(2, 1, 0)).tobytes(), meta=_itk_meta(case, step, names, window),
+              height=height, opacity=opacity, local_path=f'lab/extensions/{ITK_ASSETS_NAME}/static/itkVtkViewer.js',
+              cdn_url=ITK_CDN_URL, missing_message=ITK_INSTALL_HELP.format(itk_assets_dir(), ITK_VIEWER_NPM[1]))
+    if names:
+        lab = combined_labels(case.masks, names)[sl].astype(np.uint8)
+        kw['labels'] = np.ascontiguousarray(lab.transpose(2, 1, 0)).tobytes()
+    note = f"itk-vtk-viewer {ITK_VIEWER_NPM[1]}: {len(names)} labels; window {kw['meta']['window']} HU; cropping planes on."
+    if step > 1:
+        note += (f" Downsampled for display by {step} along each axis ({case.ct.shape} -> {ct.shape} voxels); "
+                 "measurements use the full-resolution case.")
+    if not itk_assets_installed():
+        note += " Local viewer assets missing: trying the CDN (run `abdomen-nb viewer install-itk` to work offline)."
+    return ItkViewer(note=note, **kw, **opts)
+
+# %% ../nbs/02_viz.ipynb #8b56e85e
+def main_viewer(argv=None):
+    "`abdomen-nb viewer install-itk [--force] [--prefix DIR]`: fetch the itk backend's viewer bundle from npm."
+    import argparse
+    p = argparse.ArgumentParser(prog='abdomen-nb viewer', description='Set up the inline 3D viewers.')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    q = sub.add_parser('install-itk', help=f"fetch {'@'.join(ITK_VIEWER_NPM)} from the npm registry (idempotent)")
+    q.add_argument('--force', action='store_true', help='download again even when the same version is installed')
+    q.add_argument('--prefix', default=None, help='environment prefix to install into (default: this Python\'s, sys.prefix)')
+    sub.add_parser('status', help='say whether the itk viewer assets are installed, and where')
+    a = p.parse_args(argv)
+    if a.cmd == 'status':
+        ok = itk_assets_installed()
+        print(f"{'@'.join(ITK_VIEWER_NPM)}: {'installed' if ok else 'missing'} ({itk_assets_dir()})")
+        return 0 if ok else 1
+    was = itk_assets_installed(a.prefix)
+    d = install_itk_assets(a.prefix, force=a.force)
+    print(f"{'@'.join(ITK_VIEWER_NPM)} {'already installed' if was and not a.force else 'installed'} in {d}; "
+          "reload the JupyterLab page.")
+    return 0
