@@ -27,9 +27,10 @@ from monai.transforms import (Compose, MapTransform, Orientationd,
                               SpatialResample, Spacingd)
 
 from .core import (TOUCHSTONE_CLASSES, AbdomenNBError, AtlasDataset, CTCase, MissingFileError,
-                             atomic_write, bbox, hu_window, list_masks, read_case, read_totalseg, write_case,
-                             write_json)
+                             OutputExistsError, _is_dicom_folder, atomic_write, bbox, hu_window, list_masks,
+                             read_case, read_totalseg, write_case, write_json)
 from .batch import add_batch_args, batch_options, run_batch
+from .dicom import write_dicom_seg
 
 # %% auto #0
 __all__ = ['ARCHS', 'NET_PRESETS', 'TRAIN_PRESETS', 'ARCH_OVERRIDES', 'SINGLE_COMPONENT', 'SegConfig', 'seg_config', 'case_label',
@@ -37,8 +38,8 @@ __all__ = ['ARCHS', 'NET_PRESETS', 'TRAIN_PRESETS', 'ARCH_OVERRIDES', 'SINGLE_CO
            'to_onehot', 'make_cache', 'draw_batch', 'validate', 'save_checkpoint', 'load_model', 'train',
            'lateral_swap', 'largest_component', 'preprocess', 'infer', 'case_box', 'resample_linear', 'probs_to_masks',
            'predict', 'show_prediction', 'prediction_paths', 'write_predictions', 'manifest_name',
-           'predictions_complete', 'segment_case', 'segment_dataset', 'main_segment', 'import_totalseg', 'main_train',
-           'demo_stage']
+           'predictions_complete', 'segment_case', 'segment_dataset', 'segment_one', 'main_segment', 'import_totalseg',
+           'main_train', 'demo_stage']
 
 # %% ../nbs/10_segmentation.ipynb #c121a329
 ARCHS = ('unet', 'segresnet', 'swinunetr')
@@ -568,12 +569,47 @@ def segment_dataset(root, # an AbdomenAtlas dataset folder
                      workers=workers, scheduler=scheduler, memory_limit=memory_limit, overwrite=overwrite,
                      progress=progress, desc='segment', manifest_name=manifest_name(subdir))
 
+def _single_input(path:Path) -> bool:
+    "Is `path` one case (a case folder with ct.nii.gz, or a DICOM series folder) rather than a dataset folder?"
+    return path.is_dir() and ((path / 'ct.nii.gz').exists() or (path / 'ct.nii').exists() or _is_dicom_folder(path))
+
+def segment_one(src, # a case folder (ct.nii.gz) or a DICOM CT series folder
+                model, # nn.Module or checkpoint path
+                out=None, # folder for predictions/ (default: the case folder; required for a DICOM series)
+                dicom_seg:bool=False, # also write predictions/seg.dcm (always, for a DICOM series)
+                source_series=None, # the DICOM series a NIfTI case came from (for --dicom-seg on a case folder)
+                overwrite:bool=False, **predict_kw) -> list[Path]:
+    "Segment one case folder or DICOM series: NIfTI masks in `out/predictions/`, and DICOM-SEG `seg.dcm` beside them."
+    src = Path(src)
+    is_dicom = not ((src / 'ct.nii.gz').exists() or (src / 'ct.nii').exists())
+    if is_dicom and out is None:
+        raise AbdomenNBError(f"{src} is a DICOM series; pass --out DIR for the predicted masks (nothing is written into the series folder).")
+    series = src if is_dicom else (Path(source_series) if source_series is not None else None)
+    if (dicom_seg or is_dicom) and series is None:
+        raise AbdomenNBError(f"--dicom-seg on the NIfTI case {src} needs the DICOM series it came from: pass --source-series DIR "
+                             "(or make one with `abdomen-nb convert CASE_DIR --to dicom --out DIR` and segment that).")
+    folder = Path(out if out is not None else src) / 'predictions'
+    seg_path = folder / 'seg.dcm'
+    if series is not None and seg_path.exists() and not overwrite:
+        raise OutputExistsError(f"{seg_path} exists; pass --overwrite to replace it.")
+    if not isinstance(model, nn.Module): model = load_model(model, predict_kw.get('device') or 'cpu')
+    pred = predict(read_case(src, structures=[], labels=False), model, **predict_kw)
+    written = write_predictions(pred, folder.parent, overwrite=overwrite)
+    if series is not None:
+        written.append(write_dicom_seg(pred, source_series_dir=series, out_path=seg_path, overwrite=overwrite))
+    return written
+
 def main_segment(argv) -> int:
-    "`abdomen-nb segment DATASET --model CKPT [--tta] [--overlap F] [--device D] [--workers N] [--overwrite]`"
+    "`abdomen-nb segment DATASET|CASE|DICOM_DIR --model CKPT [--out DIR] [--dicom-seg] [--source-series DIR] [--tta] [--workers N] [--overwrite]`"
     ap = argparse.ArgumentParser(prog='abdomen-nb segment',
-                                 description='Predict masks for every case of an AbdomenAtlas dataset into <case>/predictions/.')
-    ap.add_argument('dataset', help='folder of BDMAP_xxx/ case folders')
+                                 description='Predict masks for every case of an AbdomenAtlas dataset into <case>/predictions/, '
+                                             'or for one case folder or DICOM series (with DICOM-SEG seg.dcm beside the NIfTI masks).')
+    ap.add_argument('dataset', help='folder of BDMAP_xxx/ case folders, one case folder, or one DICOM CT series folder')
     ap.add_argument('--model', required=True, help='checkpoint folder (config.json + best.pt) or .pt file')
+    ap.add_argument('--out', default=None, help='one case / series: folder for predictions/ (required for a DICOM series)')
+    ap.add_argument('--dicom-seg', action='store_true',
+                    help='also write predictions/seg.dcm (DICOM-SEG; always done for a DICOM series input)')
+    ap.add_argument('--source-series', default=None, help='with --dicom-seg on a NIfTI case: the DICOM series it came from')
     ap.add_argument('--tta', action='store_true', help='average over flips (x with left/right swap, y, z)')
     ap.add_argument('--overlap', type=float, default=None, help='sliding-window overlap (default: the config)')
     ap.add_argument('--no-postprocess', action='store_true', help='keep every connected component')
@@ -582,14 +618,22 @@ def main_segment(argv) -> int:
     a = ap.parse_args(argv)
     model = load_model(a.model, a.device)   # a bad checkpoint fails here, once, with its own message
     t0 = time.perf_counter()
+    kw = dict(tta=a.tta, overlap=a.overlap, postprocess=not a.no_postprocess, device=a.device)
+    if _single_input(Path(a.dataset)):
+        files = segment_one(a.dataset, model, a.out, a.dicom_seg, a.source_series, a.overwrite, **kw)
+        print(f"segment: {len(files)} files written to {Path(files[0]).parent} in {time.perf_counter() - t0:.1f} s")
+        return 0
+    if a.dicom_seg or a.out or a.source_series:
+        raise AbdomenNBError("--dicom-seg, --out and --source-series apply to one case folder or DICOM series; "
+                             f"{a.dataset} is a dataset folder (predictions go to each <case>/predictions/).")
     res = segment_dataset(a.dataset, a.model if (a.workers > 1 or a.scheduler) else model,   # workers load their own
-                          progress=True, tta=a.tta, overlap=a.overlap, postprocess=not a.no_postprocess,
-                          device=a.device, **batch_options(a))
+                          progress=True, **kw, **batch_options(a))
     n = res['status'].value_counts()
     for r in res[res['status'] == 'failed'].itertuples(): print(f"  {r.case_id}: {r.error}", file=sys.stderr)
     print(f"segment: {n.get('done', 0)} done, {n.get('skipped', 0)} skipped (complete), {n.get('failed', 0)} failed "
           f"in {time.perf_counter() - t0:.1f} s; manifest: {Path(a.dataset) / manifest_name()}")
     return 1 if n.get('failed', 0) else 0
+
 
 # %% ../nbs/10_segmentation.ipynb #88d3e92f
 def import_totalseg(ts_dir, # TotalSegmentator output folder for this case

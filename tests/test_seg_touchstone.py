@@ -473,3 +473,49 @@ def test_evaluate_cases_in_memory_leaves_a_mismatched_case_out():
     s = ts.evaluate_cases([(a.masks, a), (wrong, b)], classes=['liver', 'spleen'])
     assert list(s['dsc']['name']) == [a.case_id]
     assert 'GridMismatchError' in s.failed.set_index('case_id').loc[b.case_id, 'error']
+
+
+def test_segment_a_dicom_series_writes_nifti_masks_and_a_dicom_seg_referencing_it(cohort, trained, tmp_path):
+    import pydicom
+    from abdomen_nb.dicom import write_dicom_series
+    from abdomen_nb.pipeline import main
+    src, ids = cohort
+    _, ckpt = trained
+    case = read_case(src / ids[7])
+    series = tmp_path / 'series'
+    write_dicom_series(case, series, axes='LPS')   # stored LPS, as scanners write it
+    out = tmp_path / 'out'
+    with pytest.raises(core.AbdomenNBError, match='--out'):   # nothing is written into the series folder
+        seg.main_segment([str(series), '--model', str(ckpt)])
+    assert main(['segment', str(series), '--model', str(ckpt), '--out', str(out), '--dicom-seg']) == 0
+    nifti = {p.name[:-7] for p in (out / 'predictions').glob('*.nii.gz')}
+    assert nifti == set(trained[0].seg_config.classes)
+    ds = pydicom.dcmread(out / 'predictions' / 'seg.dcm')
+    assert ds.Modality == 'SEG'
+    src_uid = pydicom.dcmread(sorted(series.glob('*.dcm'))[0]).SeriesInstanceUID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src_uid
+    referenced = {r.ReferencedSOPInstanceUID for r in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(p).SOPInstanceUID for p in series.glob('*.dcm')}
+    # one segment per predicted (non-empty) structure, named as the NIfTI masks are
+    nonempty = {n for n in nifti if np.asarray(nib.load(str(out / 'predictions' / f'{n}.nii.gz')).dataobj).any()}
+    labels = [s.SegmentLabel for s in ds.SegmentSequence]
+    assert len(labels) == len(set(labels)) and set(labels) == nonempty and {'liver', 'spleen'} <= nonempty
+    # the SEG's liver frames against the recorded truth of the phantom (the prediction is a tiny model's: overlap only)
+    liver_n = [s.SegmentNumber for s in ds.SegmentSequence if s.SegmentLabel == 'liver'][0]
+    frames = [i for i, f in enumerate(ds.PerFrameFunctionalGroupsSequence)
+              if f.SegmentIdentificationSequence[0].ReferencedSegmentNumber == liver_n]
+    assert ds.pixel_array[frames].sum() == np.asarray(nib.load(str(out / 'predictions' / 'liver.nii.gz')).dataobj).astype(bool).sum()
+    # no overwrite without --overwrite (file untouched); with it, the same segments and frames
+    # (not the same bytes: the file's header differs between runs, see dicom.write_dicom_seg)
+    before = (out / 'predictions' / 'seg.dcm').stat().st_mtime_ns
+    assert main(['segment', str(series), '--model', str(ckpt), '--out', str(out)]) == 1
+    assert (out / 'predictions' / 'seg.dcm').stat().st_mtime_ns == before
+    assert main(['segment', str(series), '--model', str(ckpt), '--out', str(out), '--overwrite']) == 0
+    again = pydicom.dcmread(out / 'predictions' / 'seg.dcm')
+    assert [s.SegmentLabel for s in again.SegmentSequence] == labels
+    np.testing.assert_array_equal(again.pixel_array, ds.pixel_array)
+    # a NIfTI case folder with --dicom-seg needs its source series
+    case_dir = tmp_path / 'case'; write_case(case, case_dir)
+    assert main(['segment', str(case_dir), '--model', str(ckpt), '--dicom-seg']) == 1
+    assert main(['segment', str(case_dir), '--model', str(ckpt), '--dicom-seg', '--source-series', str(series)]) == 0
+    assert pydicom.dcmread(case_dir / 'predictions' / 'seg.dcm').ReferencedSeriesSequence[0].SeriesInstanceUID == src_uid
