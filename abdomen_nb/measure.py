@@ -377,6 +377,10 @@ def contact_angle(tumor:np.ndarray, # (X, Y, Z) bool, 1 mm grid
     near = dilate_mm(tumor, max(dilation_mm, reach_mm))
     if not (dilate_mm(v_near, ring_mm[1]) & near).any(): return empty
     axis = _main_axis(np.argwhere(v_near))
+    # the slices must hold the vessel's whole cross-section (its ring is a full circle): widen the box by the
+    # vessel's diameter, else a box cut at the tumor's side halves the ring and doubles a narrow angle
+    r_v = float(ndimage.distance_transform_edt(v_near[near_box]).max())
+    near_box = mask_box(tumor, int(math.ceil(reach + window_mm + 2 * r_v + 2)))
     # slices across the vessel: move its main axis last; only slices near the tumor matter
     V, C, T, N = (np.moveaxis(a[near_box], axis, -1) for a in (vessel, contact, tumor, near))
     ks = np.flatnonzero(V.any((0, 1)) & N.any((0, 1)))

@@ -36,8 +36,8 @@ def build(root: Path) -> tuple[Path, Path]:
     return a3, ph
 
 
-def run(cmd, cores: str, threads: int) -> tuple[float, float, str]:
-    "Wall seconds, peak RSS (GiB) of the child, and its stdout+stderr."
+def run(cmd, cores: str, threads: int) -> tuple[float, float, str, float]:
+    "Wall seconds, peak RSS (GiB) of the child, its stdout+stderr, and its CPU seconds (user + system)."
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'OPENBLAS_NUM_THREADS': str(threads),
            'MKL_NUM_THREADS': str(threads), 'PYTHONWARNINGS': 'default'}
     t0 = time.perf_counter()
@@ -47,18 +47,19 @@ def run(cmd, cores: str, threads: int) -> tuple[float, float, str]:
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode: raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{out}")
-    return wall, ru.ru_maxrss / 1024 ** 2, out
+    return wall, ru.ru_maxrss / 1024 ** 2, out, ru.ru_utime + ru.ru_stime
 
 
 def timed(label, cmd, runs) -> dict:
     res = {}
     for cores, threads in (('0', 1), ('0,1', 2)):
-        walls, peaks = [], []
+        walls, peaks, cpus = [], [], []
         for _ in range(runs):
-            w, pk, out = run(cmd, cores, threads); walls.append(w); peaks.append(pk)
-        res[threads] = (statistics.median(walls), max(peaks))
+            w, pk, out, c = run(cmd, cores, threads); walls.append(w); peaks.append(pk); cpus.append(c)
+        res[threads] = (statistics.median(walls), max(peaks), statistics.median(cpus))
         print(f"{label:<34} {threads} thread{'s' if threads > 1 else ' '}: median {statistics.median(walls):5.2f} s "
-              f"(min {min(walls):.2f}, max {max(walls):.2f}, {runs} runs); peak RSS {max(peaks):.2f} GiB")
+              f"(min {min(walls):.2f}, max {max(walls):.2f}, {runs} runs), CPU {statistics.median(cpus):5.2f} s; "
+              f"peak RSS {max(peaks):.2f} GiB")
     if 'Warning' in out or 'Traceback' in out: print('  output had warnings:\n' + out)
     return res
 
@@ -106,7 +107,7 @@ def main(argv=None):
     info = timed('abdomen-nb info CASE', [CLI, 'info', str(a3)], a.runs)
     # the same case in the phantom's own layout gives the same report
     out_ph = Path(a.dir) / 'report_phantom'
-    run([CLI, 'report', str(ph), '--out', str(out_ph), '--overwrite'], '0,1', 2)
+    run([CLI, 'report', str(ph), '--out', str(out_ph), '--overwrite'], '0,1', 2)  # noqa
     same = (out / 'report.txt').read_text() == (out_ph / 'report.txt').read_text()
     print(f"report.txt identical to the phantom layout's: {same}")
     m = json.loads((out / 'report.json').read_text())['measurements']

@@ -130,9 +130,9 @@ def test_full_phantom_vessel_contact_within_15_degrees_of_the_truth(full_measure
     assert abs(l['vessel_contact_deg'][vessel] - _truth_by_short(t)[vessel]) <= 15, (l['vessel_contact_deg'], t)
 
 
-@pytest.mark.xfail(strict=True, reason='not yet within 15 degrees: aorta 46 vs 30, celiac trunk 15 vs 38 (1 mm ring '
-                                       'on slices across the main axis; issue 14 left open for these two)')
-@pytest.mark.parametrize('vessel', ['aorta', 'CA'])
+@pytest.mark.parametrize('vessel', ['aorta', pytest.param('CA', marks=pytest.mark.xfail(strict=True, reason=
+    'celiac trunk 11 vs 38 degrees in truth (the aorta, 41 vs 30, is within 15 since the slices hold the '
+    'whole vessel cross-section); the CA is short and oblique, not yet found why'))])
 def test_full_phantom_aorta_and_celiac_contact_within_15_degrees(full_measured, vessel):
     m, truth = full_measured
     (l,) = [x for x in m['lesions'] if x['type'] == 'pdac']

@@ -213,9 +213,9 @@ def _wrap(deg, r_v=3.5):
 @pytest.mark.parametrize('deg', [0, 60, 120, 200, 270, 360])
 def test_contact_angle_of_a_wrapped_tube(deg):
     t, v = _wrap(deg) if deg else (_ball((64, 64, 40), (10, 10, 20), 5), _wrap(90)[1])
-    # the ring is the voxel layer on the wall: around a 3.5 mm vessel one ring voxel is ~13 degrees, and each
-    # edge of a narrow wrap can add up to one (60 degrees reads 83)
-    assert abs(contact_angle(t, v) - deg) <= (25 if deg == 60 else 20)
+    # the ring is the voxel layer on the wall (one ring voxel ~13 degrees around a 3.5 mm vessel); the slices hold
+    # the vessel's whole cross-section (a box cut at the tumor's side once read 60 degrees as 83)
+    assert abs(contact_angle(t, v) - deg) <= 15
 
 
 # ---------------------------------------------------------------- bad input
