@@ -459,10 +459,15 @@ async function render({ model, el }) {
   try {
     const viewer = await window.itkVtkViewer.createViewer(div, opts);
     el.itkViewer = viewer;
-    viewer.setImageColorRange(meta.window);
+    // the viewer fills in its colour ranges and label state after the first scale loads: retry until it takes
+    const retry = async (f) => {
+      for (let i = 0; i < 150; i++) { try { f(); return true; } catch (e) { await new Promise(r => setTimeout(r, 200)); } }
+      console.warn('itk viewer: a setting did not take', f); return false;
+    };
+    await retry(() => viewer.setImageColorRange(meta.window));
     if (meta.names.length) {
-      viewer.setLabelImageLabelNames(new Map(meta.names.map((n, i) => [i + 1, n])));
-      viewer.setLabelImageBlend(model.get('opacity'));
+      await retry(() => viewer.setLabelImageLabelNames(new Map(meta.names.map((n, i) => [i + 1, n]))));
+      await retry(() => viewer.setLabelImageBlend(model.get('opacity')));
     }
     viewer.setCroppingPlanesEnabled(true);
     viewer.setUICollapsed(false);
@@ -473,13 +478,13 @@ async function render({ model, el }) {
 export default { render };
 """
 
-def _itk_meta(case, step, names, window):
+def _itk_meta(case, step, names, window, size):
     "Size, spacing, origin and direction of the (downsampled) grid in ITK's LPS space."
     A = np.asarray(case.affine, float) @ np.diag([step, step, step, 1.0])
     sp = np.sqrt((A[:3, :3] ** 2).sum(0))
     flip = np.diag([-1.0, -1.0, 1.0])   # RAS -> LPS
     D = flip @ (A[:3, :3] / sp)
-    return dict(origin=[float(v) for v in flip @ A[:3, 3]], spacing=[float(s) for s in sp],
+    return dict(origin=[float(v) for v in flip @ A[:3, 3]], spacing=[float(s) for s in sp], size=[int(v) for v in size],
                 direction=[float(v) for v in D.reshape(-1)],   # row-major, as itk-wasm reads it
                 ctype='int16', names=list(names), window=[float(v) for v in hu_window(window)])
 
@@ -502,7 +507,7 @@ def _itk(case, names, window, height, opacity, max_voxels=ITK_MAX_VOXELS, **opts
     sl = (slice(None, None, step),) * 3
     ct = _ct_int16(case.ct[sl])
     # itk-wasm images are x-fastest: a C-order (Z, Y, X) buffer
-    kw = dict(ct=np.ascontiguousarray(ct.transpose(2, 1, 0)).tobytes(), meta=_itk_meta(case, step, names, window),
+    kw = dict(ct=np.ascontiguousarray(ct.transpose(2, 1, 0)).tobytes(), meta=_itk_meta(case, step, names, window, ct.shape),
               height=height, opacity=opacity, local_path=f'lab/extensions/{ITK_ASSETS_NAME}/static/itkVtkViewer.js',
               cdn_url=ITK_CDN_URL, missing_message=ITK_INSTALL_HELP.format(itk_assets_dir(), ITK_VIEWER_NPM[1]))
     if names:
