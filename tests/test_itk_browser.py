@@ -123,9 +123,10 @@ def test_itk_draws_offline_in_jupyterlab(tmp_path, browser, out_dir, base_url):
         page.evaluate("() => document.querySelector('.abdomen-itk-viewer').scrollIntoView()")
         colours = {f'hue{h}': c for h, c in enumerate([(255, 0, 0), (255, 255, 0), (0, 255, 0), (0, 255, 255),
                                                        (0, 0, 255), (255, 0, 255)])}
+        box = page.evaluate("() => { const r = document.querySelector('.abdomen-itk-viewer').getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
         deadline, stats = time.time() + 60, None
         while time.time() < deadline:
-            png = page.screenshot(clip=view.bounding_box(), timeout=20_000); stats = _analyse(png, colours)
+            png = page.screenshot(clip=box, timeout=30_000); stats = _analyse(png, colours)
             if stats['drawn_fraction'] > 0.05 and sum(v >= 40 for v in stats['hits'].values()) >= 2: break
             page.wait_for_timeout(1000)
         first_render = time.time() - t0
