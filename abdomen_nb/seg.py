@@ -537,7 +537,7 @@ def predictions_complete(case_id:str, root, classes:list, subdir:str='prediction
         for p in prediction_paths(cdir, classes, subdir):
             img = nib.load(str(p))
             if img.shape[:3] != ct.shape[:3] or not np.allclose(img.affine, ct.affine, atol=1e-3): return False
-    except (OSError, ValueError, EOFError): return False   # missing or unreadable: not complete
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError): return False   # missing or unreadable: not complete
     return True
 
 _MODELS = {}   # checkpoint path -> loaded model, one per worker process
