@@ -4,7 +4,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 STAMP := .venv/.installed
 
-.PHONY: demo test export-check nbtest pytest docs docs-serve docs-quarto lab kernel browser clean nbclean
+.PHONY: demo test export-check nbtest pytest docs docs-serve docs-quarto lab kernel browser itk clean nbclean
 
 $(STAMP): settings.ini setup.py
 	test -x $(PY) || python3 -m venv .venv
@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/abdomen-nb demo --out runs/demo
 
 # Everything: export check, every notebook, pytest (which includes the docs build + browser checks).
-test: $(STAMP) browser export-check nbtest pytest
+test: $(STAMP) browser itk export-check nbtest pytest
 
 export-check: $(STAMP)
 	$(BIN)/nbdev_export
@@ -40,6 +40,11 @@ browser:
 	  echo "browser: installing Chromium with apt (chromium chromium-driver)"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	else echo "browser: no Chromium and no apt-get here: the browser tests will skip (install Chromium, or set ABDOMEN_NB_CHROMIUM)"; fi
+
+# The itkwidgets-style viewer's JavaScript (itk-vtk-viewer from the npm registry, ~110 MB, into the venv;
+# idempotent: a second run fetches nothing). view3d(case, backend='itk') and its browser test need it.
+itk: $(STAMP)
+	$(BIN)/abdomen-nb viewer install-itk
 
 # Offline docs site (no Quarto needed): processed notebooks -> static HTML in _site/, maths as MathML, a
 # Pagefind search index. Fails (exit 1, each error named) on a cell error, broken internal link or missing figure.
