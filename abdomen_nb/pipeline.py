@@ -24,7 +24,7 @@ SUBCOMMANDS = {  # name -> (module, one-line help)
     'phantom':  ('phantom',    'generate a synthetic AbdomenAtlas cohort'),
     'convert':  ('dicom',      'DICOM series folder <-> AbdomenAtlas case folder (and DICOM-SEG)'),
     'viewer':   ('viz',        '3D viewer backends: install-itk'),
-    'segment':  ('seg',        'predict masks for a dataset with a trained model'),
+    'segment':  ('seg',        'predict masks for a dataset, one case folder or a DICOM series (--dicom-seg writes seg.dcm)'),
     'evaluate': ('touchstone', 'Touchstone DSC/NSD tables, ranking and statistics'),
     'report':   ('report',     'structured and narrative reports from masks (RadGPT)'),
     'vqa':      ('vqa_answerers', 'DeepTumorVQA questions (generate, export), answerers and scoring'),
