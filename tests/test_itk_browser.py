@@ -131,7 +131,8 @@ def test_itk_draws_offline_in_jupyterlab(tmp_path, browser, out_dir, base_url):
             page.wait_for_timeout(1000)
         first_render = time.time() - t0
         (out_dir / f'itk_{tag}_canvas.png').write_bytes(png)
-        page.screenshot(path=str(out_dir / f'itk_{tag}_lab.png'))
+        try: page.screenshot(path=str(out_dir / f'itk_{tag}_lab.png'), timeout=60_000)   # a record for people, not a check
+        except Exception as e: print(f'full-page screenshot skipped: {e}')
         assert page.locator('.abdomen-itk-viewer canvas').count() >= 1
         assert stats['drawn_fraction'] > 0.05, f"the itk canvas is blank: {stats}\nconsole: {console[-10:]}"
         assert stats['distinct_values'] > 20, f"the canvas holds almost no image content: {stats}"
