@@ -438,6 +438,10 @@ def write_dicom_seg(case_or_masks, # a CTCase (its masks; 'pred:' prefixes dropp
         device_serial_number='0', content_label='SEGMENTATION', series_description=f'{algorithm} segmentation')
     seg.ContentDate, seg.ContentTime = getattr(h0, 'ContentDate', '20000101'), getattr(h0, 'ContentTime', '000000')
     seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
+    seg.InstanceCreationDate, seg.InstanceCreationTime = seg.ContentDate, seg.ContentTime   # same input, same bytes
+    for item in getattr(seg, 'ContributingEquipmentSequence', []): item.ContributionDateTime = seg.ContentDate + seg.ContentTime
+    dim_uid = _uid(h0.SeriesInstanceUID, 'seg-dimensions', *names)
+    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]: item.DimensionOrganizationUID = dim_uid
     return atomic_write(out_path, lambda p: seg.save_as(p), overwrite)
 
 def read_dicom_seg(path, # a DICOM-SEG file

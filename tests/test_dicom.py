@@ -3,6 +3,7 @@ slice order, non-integer HU), converted through `abdomen-nb convert` and read ba
 mask must survive to the voxel. Headers are checked with pydicom directly, NIfTI files with nibabel."""
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -164,3 +165,15 @@ def test_volume_size_is_checked_before_pixels_are_read(phantom, tmp_path):
     write_dicom_series(phantom, tmp_path / 's')
     with pytest.raises(VolumeTooLargeError, match='max_voxels'):
         read_dicom_case(tmp_path / 's', max_voxels=1000)
+
+
+def test_same_masks_give_a_byte_identical_seg(phantom, tmp_path):
+    "No clock time or random UID in seg.dcm: the same masks on the same series write the same bytes (a rerun is a no-op)."
+    d = tmp_path / 's'
+    write_dicom_series(phantom, d)
+    a = write_dicom_seg(phantom, d, tmp_path / 'a.dcm', structures=['liver', 'spleen']).read_bytes()
+    time.sleep(1.1)   # a clock-derived field (InstanceCreationTime, ContributionDateTime) would now differ
+    b = write_dicom_seg(phantom, d, tmp_path / 'b.dcm', structures=['liver', 'spleen']).read_bytes()
+    assert a == b
+    write_dicom_seg(phantom, d, tmp_path / "c.dcm", structures=["liver"])
+    assert pydicom.dcmread(tmp_path / 'c.dcm').SeriesInstanceUID != pydicom.dcmread(tmp_path / 'a.dcm').SeriesInstanceUID
