@@ -803,8 +803,8 @@ def synthesize(case:CTCase, # a case with the organ's mask (healthy or not)
     return out
 
 # %% ../nbs/40_tumor_synthesis.ipynb #81c1a802
-TEXTOMORPH_MISSING = ("TextoMorph (chapter 41, abdomen_nb.textomorph) is not built yet: use --method procedural "
-                      "(the default) for now.")
+TEXTOMORPH_MISSING = ("TextoMorph (chapter 41, abdomen_nb.textomorph) is not installed with this package: "
+                      "use --method procedural (the default), or reinstall abdomen_nb.")
 
 def _textomorph():
     "The TextoMorph module when chapter 41 exists, else None."
@@ -872,18 +872,19 @@ def main_synth(argv:list[str]|None=None) -> int:
     par.add_argument('--no-encoder', action='store_true')
     tr = sub.add_parser('train', help='train a TextoMorph model (chapter 41)')
     tr.add_argument('dataset'); tr.add_argument('--out', required=True); tr.add_argument('--preset', default='tiny')
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['train']:   # chapter 41 owns the training flags (--steps, --pairs, --seed, ...)
+        tm = _textomorph(); fn = getattr(tm, 'main_synth_train', None)
+        if fn is None: print(f'abdomen-nb synth train: {TEXTOMORPH_MISSING}', file=sys.stderr); return 3
+        return int(fn(argv[1:]) or 0)
     a = ap.parse_args(argv)
     if a.cmd == 'parse':
         specs = parse_tumor_text(a.text, encoder=not a.no_encoder)
         if a.json: print(json.dumps([s.to_json() for s in specs], indent=1))
         else: print('\n'.join(_spec_line(s) for s in specs) or 'no tumor described')
         return 0
-    if a.cmd == 'train' or (a.cmd == 'insert' and a.method == 'textomorph'):
-        tm = _textomorph()
-        fn = getattr(tm, 'main_synth_train', None) if a.cmd == 'train' else getattr(tm, 'synthesize', None)
-        if fn is None:
-            print(f'abdomen-nb synth {a.cmd}: {TEXTOMORPH_MISSING}', file=sys.stderr); return 3
-        if a.cmd == 'train': return int(fn(argv[1:]) or 0)
+    if a.cmd == 'insert' and a.method == 'textomorph' and getattr(_textomorph(), 'synthesize', None) is None:
+        print(f'abdomen-nb synth insert: {TEXTOMORPH_MISSING}', file=sys.stderr); return 3
     out, added = insert_case(a.case_dir, a.text, a.out, seed=a.seed, method=a.method, model=a.model,
                              encoder=not a.no_encoder, overwrite=a.overwrite, vessel_check=a.vessel_check,
                              mass_effect=a.mass_effect, capsule=a.capsule)

@@ -413,11 +413,3 @@ def test_cli_refuses_to_overwrite(case_dir, tmp_path):
     assert r.returncode == 1 and 'OutputExistsError' in r.stderr and (out / 'keep.txt').read_text() == 'mine'
     r = _cli('insert', str(case_dir), '--text', 'a 2 cm lesion in the liver', '--out', str(case_dir / 'inside'))
     assert r.returncode == 1 and 'OutputExistsError' in r.stderr and not (case_dir / 'inside').exists()
-
-
-def test_cli_textomorph_not_built_yet(case_dir, tmp_path):
-    if synth._textomorph() is not None: pytest.skip('chapter 41 exists: its own tests cover --method textomorph')
-    r = _cli('insert', str(case_dir), '--text', 'a 2 cm lesion in the liver', '--out', str(tmp_path / 'o'), '--method', 'textomorph')
-    assert r.returncode == 3 and 'chapter 41' in r.stderr and not (tmp_path / 'o').exists()
-    r = _cli('train', 'somewhere', '--out', str(tmp_path / 'm'))
-    assert r.returncode == 3 and 'chapter 41' in r.stderr
