@@ -31,9 +31,9 @@ __all__ = ['ATLAS_1_0', 'ATLAS_1_1', 'TOUCHSTONE_CLASSES', 'LESION_TYPES', 'LESI
            'UnknownStructureWarning', 'atlas_name', 'check_structure_name', 'hu_window', 'apply_window',
            'spacing_from_affine', 'check_spacing', 'bbox', 'dice', 'BoxedMask', 'Masks', 'CTCase', 'orientation',
            'to_ras', 'from_ras', 'load_nifti', 'read_nifti', 'atomic_write', 'save_nifti', 'write_json', 'check_ct',
-           'check_mask', 'is_binary', 'check_same_grid', 'validate_case', 'safe_case_dir', 'list_masks', 'read_case',
-           'labels_to_masks', 'combined_labels', 'write_case', 'AtlasDataset', 'read_totalseg', 'resample_array',
-           'resample_case']
+           'check_mask', 'is_binary', 'check_same_grid', 'validate_case', 'check_masks', 'safe_case_dir', 'list_masks',
+           'read_case', 'labels_to_masks', 'combined_labels', 'write_case', 'AtlasDataset', 'read_totalseg',
+           'resample_array', 'resample_case']
 
 # %% ../nbs/00_core.ipynb #a215030b
 class AbdomenNBError(Exception):
@@ -592,6 +592,10 @@ def validate_case(case:CTCase) -> CTCase:
     "Check a case's CT, spacing, masks and labels; raise a specific error on the first problem."
     check_ct(case.ct, f"CT of {case.case_id or 'case'}")
     check_spacing(case.spacing, case.case_id or '')
+    return check_masks(case)
+
+def check_masks(case:CTCase) -> CTCase:
+    "Check that every mask is binary on the CT grid and every label map is on it (masks become bool in place)."
     for name in list(case.masks):
         if isinstance(case.masks, Masks) and case.masks.is_boxed(name):   # checked when it was read
             if case.masks.raw(name).shape != case.shape:

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from .core import (AtlasDataset, CTCase, EmptyMaskError, GridMismatchError, LESION_PREFIX, LESIONS,
                              LESION_TYPES, LESION_UNIONS, LIVER_SEGMENTS, MissingStructureError, PANCREAS_PARTS,
-                             BoxedMask, Masks, bbox, check_mask, dice, orientation, resample_array, write_json)
+                             BoxedMask, Masks, bbox, check_masks, dice, orientation, resample_array, write_json)
 
 # %% auto #0
 __all__ = ['REPORT_ORGANS', 'LESION_ORGANS', 'ORGAN_RULES', 'LARGE_LESION_MM', 'SMALL_LESION_MM', 'MIN_LESION_MM3',
@@ -521,20 +521,6 @@ def highest_stage(stages) -> str | None:
 class MeasurementWarning(UserWarning):
     "A measurement could not be made as the rules say (missing organ, lesion outside its organ, ...)."
 
-def _check_grid(case:CTCase):
-    boxed = isinstance(case.masks, Masks)
-    for n in list(case.masks):
-        if boxed and case.masks.is_boxed(n):   # read (and checked) by read_case: only the grid size is left
-            if case.masks.raw(n).shape != case.shape:
-                raise GridMismatchError(f"Mask '{n}' of case {case.case_id!r} has shape {case.masks.raw(n).shape} but "
-                                        f"the CT has {case.shape}. Resample it onto the CT grid (nearest neighbour).")
-            continue
-        case.masks[n] = check_mask(case.masks[n], case.shape, n, case.case_id or '')
-    for n, m in case.labels.items():
-        if tuple(m.shape) != case.shape:
-            raise GridMismatchError(f"Label map '{n}' of case {case.case_id!r} has shape {tuple(m.shape)} but the CT "
-                                    f"has {case.shape}. Resample it onto the CT grid (nearest neighbour).")
-
 def _r1(x): return None if x is None or not np.isfinite(x) else round(float(x), 1)
 
 def measure_organs(case:CTCase, boxes:dict, lesion_names:list, phase, spacing:float=1.0) -> dict:
@@ -704,7 +690,7 @@ def measure_case(case:CTCase, # masks, sub-segment label maps and meta (phase, d
                  strict:bool=False, # raise instead of warning on missing organs / lesions outside organs
                 ) -> dict:  # JSON-serialisable measurements (see below)
     "Measure every organ and lesion of a case by the RadGPT rules."
-    _check_grid(case)
+    check_masks(case)
     cfg = dict(spacing=spacing, min_volume_mm3=min_volume_mm3, erosion_filter=erosion_filter,
                fragment_gap_mm=fragment_gap_mm, dilation_mm=dilation_mm, vessel_dilation_mm=vessel_dilation_mm,
                radial=radial, ring_mm=tuple(ring_mm), window_mm=window_mm, strict=strict)

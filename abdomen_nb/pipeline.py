@@ -28,7 +28,7 @@ SUBCOMMANDS = {  # name -> (module, one-line help)
     'evaluate': ('touchstone', 'Touchstone DSC/NSD tables, ranking and statistics'),
     'report':   ('report',     'structured and narrative reports from masks (RadGPT)'),
     'vqa':      ('vqa_answerers', 'DeepTumorVQA questions (generate, export), answerers and scoring'),
-    'synth':    ('synth',      'insert synthetic tumors, parse tumor text'),
+    'synth':    ('textomorph', 'insert synthetic tumors (procedural or TextoMorph), parse tumor text, train TextoMorph'),
     'text2ct':  ('text2ct',    'text -> CT latent diffusion'),
     'critic':   ('critic',     'Label Critic: choose the better label per case and organ'),
     'curate':   ('curation',   'AbdomenAtlas / ScaleMAI curation loops with a simulated reviewer'),

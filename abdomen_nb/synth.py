@@ -23,10 +23,10 @@ __all__ = ['TUMOR_TYPES', 'SIZE_TYPES', 'RADIUS_JITTER', 'SITE_Z', 'ERODE_MM', '
            'TEXTURE_SIGMA_B', 'TUMOR_ORGANS', 'BOUNDARY_BLUR_MM', 'TEXTURE_GAIN', 'CYST_HU', 'CAPSULE_HU',
            'MASS_EFFECT', 'LESION_NAMES_OF', 'VESSEL_NAMES', 'NUMBER_WORDS', 'ATTRIBUTE_RULES', 'PATHOLOGY_WORDS',
            'VESSEL_WORDS', 'ORGAN_WORDS', 'LESION_RX', 'ATTRIBUTE_PHRASES', 'ENCODER_THRESHOLD', 'ENCODER_MARGIN',
-           'TEXTOMORPH_MISSING', 'SynthesisError', 'deformed_ellipsoid', 'smooth', 'tumor_texture', 'pick_site',
-           'depth_map', 'size_class', 'resolve_organ', 'subsegment_region', 'TumorSpec', 'insert_tumors', 'RandTumor',
-           'RandTumord', 'sentences', 'read_attributes', 'sentence_encoder', 'nearest_attributes', 'merge_specs',
-           'parse_tumor_text', 'compare_specs', 'specs_from', 'synthesize', 'insert_case', 'main_synth']
+           'SynthesisError', 'deformed_ellipsoid', 'smooth', 'tumor_texture', 'pick_site', 'depth_map', 'size_class',
+           'resolve_organ', 'subsegment_region', 'TumorSpec', 'insert_tumors', 'RandTumor', 'RandTumord', 'sentences',
+           'read_attributes', 'sentence_encoder', 'nearest_attributes', 'merge_specs', 'parse_tumor_text',
+           'compare_specs', 'specs_from', 'synthesize', 'insert_case', 'main_synth']
 
 # %% ../nbs/40_tumor_synthesis.ipynb #170e3242
 TUMOR_TYPES = {  # size class -> radius r (mm; voxels at 1 mm), count range (inclusive), elastic sigma range (mm)
@@ -803,22 +803,12 @@ def synthesize(case:CTCase, # a case with the organ's mask (healthy or not)
     return out
 
 # %% ../nbs/40_tumor_synthesis.ipynb #81c1a802
-TEXTOMORPH_MISSING = ("TextoMorph (chapter 41, abdomen_nb.textomorph) is not installed with this package: "
-                      "use --method procedural (the default), or reinstall abdomen_nb.")
-
-def _textomorph():
-    "The TextoMorph module when chapter 41 exists, else None."
-    try:
-        import importlib; return importlib.import_module('abdomen_nb.textomorph')
-    except ModuleNotFoundError as e:
-        if e.name != 'abdomen_nb.textomorph': raise
-        return None
-
 def insert_case(case_dir, # the input AbdomenAtlas case folder (read only)
                 text:str, # the tumor description
                 out_dir, # the new case folder to write
                 seed:int=0, method:str='procedural', model=None, encoder:bool=True,
-                overwrite:bool=False, **options) -> tuple[Path, list[dict]]:  # (the folder, the truth of the new tumors)
+                overwrite:bool=False, painters:dict|None=None, # method name -> fn(case, text, seed, model) -> CTCase
+                **options) -> tuple[Path, list[dict]]:  # (the folder, the truth of the new tumors)
     "Read a case folder, synthesise the tumor(s) `text` describes, write the result as a new case folder."
     src, out = Path(case_dir), Path(out_dir)
     if src.resolve() == out.resolve() or src.resolve() in out.resolve().parents:
@@ -828,11 +818,8 @@ def insert_case(case_dir, # the input AbdomenAtlas case folder (read only)
     case = read_case(src)
     n0 = len((case.meta.get('truth') or {}).get('lesions') or [])
     if method == 'procedural': new = synthesize(case, text, seed=seed, encoder=encoder, **options)
-    elif method == 'textomorph':
-        tm = _textomorph()
-        if tm is None or not hasattr(tm, 'synthesize'): raise SynthesisError(TEXTOMORPH_MISSING)
-        new = tm.synthesize(case, text, seed=seed, model=model)
-    else: raise SynthesisError(f"Unknown method {method!r}; use procedural or textomorph.")
+    elif method in (painters or {}): new = painters[method](case, text, seed, model)
+    else: raise SynthesisError(f"Unknown method {method!r}; use one of {['procedural', *(painters or {})]}.")
     added = new.meta['truth']['lesions'][n0:]
     new.meta = dict(new.meta, case_id=out.name, synthesized_from=case.case_id,
                     synthesis=list(case.meta.get('synthesis') or []) + [dict(method=method, text=text, seed=seed,
@@ -851,17 +838,20 @@ def insert_case(case_dir, # the input AbdomenAtlas case folder (read only)
 def _spec_line(s:TumorSpec) -> str:
     return ('NO tumor: ' if s.negated else '') + ', '.join(f'{k}={v}' for k, v in s.named().items() if k != 'negated')
 
-def main_synth(argv:list[str]|None=None) -> int:
-    "`abdomen-nb synth insert CASE_DIR --text TEXT --out DIR [--method procedural|textomorph --model M] [--seed S]` | `synth parse TEXT [--json]`"
+def main_synth(argv:list[str]|None=None, # the arguments after `synth`
+               painters:dict|None=None, # extra --method choices: name -> fn(case, text, seed, model) -> CTCase
+               commands:dict|None=None, # extra subcommands: name -> (help, fn(argv) -> int), which parse their own flags
+              ) -> int:
+    "`abdomen-nb synth insert CASE_DIR --text TEXT --out DIR [--method procedural|... --model M] [--seed S]` | `synth parse TEXT [--json]`"
     ap = argparse.ArgumentParser(prog='abdomen-nb synth', description='Tumor synthesis: insert tumors described by text '
-                                 'into a case (procedural recipe; TextoMorph in chapter 41), or parse tumor text.')
+                                 'into a case, or parse tumor text.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     ins = sub.add_parser('insert', help='insert the tumor(s) a text describes; write a new case folder')
     ins.add_argument('case_dir', help='input AbdomenAtlas case folder (never modified)')
     ins.add_argument('--text', required=True, help='tumor description, e.g. "a 2 cm hypodense lesion in hepatic segment 7"')
     ins.add_argument('--out', required=True, help='the new case folder to write')
-    ins.add_argument('--method', choices=['procedural', 'textomorph'], default='procedural')
-    ins.add_argument('--model', default=None, help='TextoMorph model folder (chapter 41)')
+    ins.add_argument('--method', choices=['procedural', *(painters or {})], default='procedural')
+    ins.add_argument('--model', default=None, help='model folder of a learned --method')
     ins.add_argument('--seed', type=int, default=0)
     ins.add_argument('--no-encoder', action='store_true', help='parse by rules only (no sentence encoder)')
     ins.add_argument('--vessel-check', action='store_true'); ins.add_argument('--mass-effect', action='store_true')
@@ -870,23 +860,17 @@ def main_synth(argv:list[str]|None=None) -> int:
     par = sub.add_parser('parse', help='print the tumor attributes a text names')
     par.add_argument('text'); par.add_argument('--json', action='store_true', help='print JSON')
     par.add_argument('--no-encoder', action='store_true')
-    tr = sub.add_parser('train', help='train a TextoMorph model (chapter 41)')
-    tr.add_argument('dataset'); tr.add_argument('--out', required=True); tr.add_argument('--preset', default='tiny')
+    for name, (text, _) in (commands or {}).items(): sub.add_parser(name, help=text, add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['train']:   # chapter 41 owns the training flags (--steps, --pairs, --seed, ...)
-        tm = _textomorph(); fn = getattr(tm, 'main_synth_train', None)
-        if fn is None: print(f'abdomen-nb synth train: {TEXTOMORPH_MISSING}', file=sys.stderr); return 3
-        return int(fn(argv[1:]) or 0)
+    if argv[:1] and argv[0] in (commands or {}): return int(commands[argv[0]][1](argv[1:]) or 0)
     a = ap.parse_args(argv)
     if a.cmd == 'parse':
         specs = parse_tumor_text(a.text, encoder=not a.no_encoder)
         if a.json: print(json.dumps([s.to_json() for s in specs], indent=1))
         else: print('\n'.join(_spec_line(s) for s in specs) or 'no tumor described')
         return 0
-    if a.cmd == 'insert' and a.method == 'textomorph' and getattr(_textomorph(), 'synthesize', None) is None:
-        print(f'abdomen-nb synth insert: {TEXTOMORPH_MISSING}', file=sys.stderr); return 3
     out, added = insert_case(a.case_dir, a.text, a.out, seed=a.seed, method=a.method, model=a.model,
-                             encoder=not a.no_encoder, overwrite=a.overwrite, vessel_check=a.vessel_check,
+                             encoder=not a.no_encoder, overwrite=a.overwrite, painters=painters, vessel_check=a.vessel_check,
                              mass_effect=a.mass_effect, capsule=a.capsule)
     for l in added:
         print(f"{l['organ']}: {l['longest_diameter_mm']:.1f} mm {l['attenuation']} {l['type']} "

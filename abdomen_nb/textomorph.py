@@ -19,17 +19,18 @@ from .core import (AbdomenNBError, AtlasDataset, CTCase, MissingFileError, Outpu
                              write_json)
 from .measure import attenuation as attenuation_word
 from .phantom import make_case
+from .synth import main_synth as synth_command
 from .synth import (SynthesisError, TumorSpec, TUMOR_ORGANS, insert_tumors, resolve_organ,
                               sentence_encoder, specs_from)
 
 # %% auto #0
-__all__ = ['PRESETS', 'KEY_WORDS', 'WORDS', 'NOUNS', 'WHERE', 'TEMPLATES', 'ATTRIBUTE_CHOICES', 'FORMAT', 'TINY_SEEDS',
+__all__ = ['PRESETS', 'KEY_WORDS', 'WORDS', 'NOUNS', 'WHERE', 'TEMPLATES', 'ATTRIBUTE_CHOICES', 'FORMAT', 'LEGACY', 'TINY_SEEDS',
            'BLEND_SIGMA_MM', 'CONTROL_TESTS', 'TextoMorphConfig', 'textomorph_config', 'key_words', 'dissimilar',
            'sample_attributes', 'render_text', 'spec_of', 'patch_box', 'patch_coords', 'cut_patch', 'paste_region',
            'uncut_patch', 'to_unit', 'to_hu', 'make_pairs', 'describe_lesion', 'lesion_pairs', 'TextoMorph', 'n_params',
            'encode_texts', 'descriptor', 'info_nce', 'train_autoencoder', 'train_textomorph', 'sample',
            'save_textomorph', 'load_textomorph', 'save_new', 'model_cache', 'pretrained_path', 'pretrained',
-           'synthesize', 'appearance', 'controllability', 'main_synth_train']
+           'synthesize', 'appearance', 'controllability', 'main_synth_train', 'main_synth']
 
 # %% ../nbs/41_textomorph.ipynb #af3aa38e
 @dataclass
@@ -50,6 +51,9 @@ class TextoMorphConfig:
     num_head_channels: int = 16
     norm_num_groups: int = 8
     text_dim: int = 384              # the sentence encoder's width (cross-attention context)
+    text_scale: float = 384 ** 0.5   # the unit-length embedding x sqrt(384): unit-variance components, a CLIP token's scale
+    cond_drop: float = 0.1           # training replaces the text by the null context with this probability (tiny)
+    guidance: float = 3.0            # classifier-free guidance scale when sampling (1 = the conditional model alone)
     text_in_time: bool = True        # also add the text embedding to the timestep embedding (tiny; not published)
     prediction: str = 'sample'       # the U-Net predicts the clean patch (tiny) or the noise ('epsilon', published)
     timesteps: int = 200             # T
@@ -71,7 +75,8 @@ PRESETS = {
     'published': dict(crop=96, min_side_mm=96.0, latent=True, ae_channels=(64, 128, 128), latent_channels=8,
                       ae_steps=20000, channels=(128, 256, 512), attention_levels=(False, True, True),
                       num_head_channels=32, norm_num_groups=32, ddim_steps=50, lr=1e-4, batch=4, steps=100000,
-                      ema=0.995, n_pairs=20000, text_in_time=False, prediction='epsilon'),
+                      ema=0.995, n_pairs=20000, text_in_time=False, prediction='epsilon',
+                      cond_drop=0.0, guidance=1.0),
 }
 
 def textomorph_config(preset:str='tiny', **overrides) -> TextoMorphConfig:
@@ -304,6 +309,7 @@ class TextoMorph(torch.nn.Module):
 
     def forward(self, x_t, t, cond, context, ema:bool=False) -> torch.Tensor:
         net = self.ema if ema else self.unet
+        context = context * self.cfg.text_scale
         return net(torch.cat([x_t, cond], 1), timesteps=t, context=context,
                    class_labels=context[:, 0] if self.cfg.text_in_time else None)
 
@@ -402,7 +408,9 @@ def train_textomorph(pairs:dict, # from `make_pairs` (and/or `lesion_pairs`)
         t = torch.randint(cfg.timesteps, (len(idx),), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         x_t = sched.add_noise(x0, noise, t)
-        out = model(x_t, t, cond, emb[idx])
+        ctx = emb[idx]
+        if cfg.cond_drop: ctx = ctx * (torch.rand((len(idx), 1, 1), generator=g) >= cfg.cond_drop)
+        out = model(x_t, t, cond, ctx)
         target = x0 if cfg.prediction == 'sample' else noise
         l1 = ((out - target).abs() * (1 + cfg.mask_weight * reg)).mean() / (1 + cfg.mask_weight * reg.mean())
         loss, nce = l1, torch.zeros(())
@@ -431,7 +439,8 @@ def train_textomorph(pairs:dict, # from `make_pairs` (and/or `lesion_pairs`)
 @torch.no_grad()
 def sample(model:TextoMorph, x0:torch.Tensor, region:torch.Tensor, mask:torch.Tensor, # (B, 1, c, c, c) patches
            context:torch.Tensor, # (B, 1, 384) text embeddings
-           seed:int=0, steps:int|None=None) -> torch.Tensor:  # (B, 1, c, c, c) in [-1, 1]
+           seed:int=0, steps:int|None=None, guidance:float|None=None, # None: the config's
+          ) -> torch.Tensor:  # (B, 1, c, c, c) in [-1, 1]
     "DDIM inpainting of the region of each patch, conditioned on its text."
     cfg = model.cfg
     ddim = DDIMScheduler(num_train_timesteps=cfg.timesteps, schedule=cfg.schedule, clip_sample=not cfg.latent,
@@ -440,13 +449,20 @@ def sample(model:TextoMorph, x0:torch.Tensor, region:torch.Tensor, mask:torch.Te
     cond = model.condition(x0, region, mask)
     g = torch.Generator().manual_seed(int(seed))
     x = torch.randn((len(x0), cond.shape[1] - 1, *cond.shape[2:]), generator=g)
+    w = float(cfg.guidance if guidance is None else guidance)
     for t in ddim.timesteps:
-        eps = model(x, torch.full((len(x0),), int(t), dtype=torch.long), cond, context, ema=True)
+        tt = torch.full((len(x0),), int(t), dtype=torch.long)
+        if w == 1.0: eps = model(x, tt, cond, context, ema=True)
+        else:
+            both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, cond]),
+                         torch.cat([context, torch.zeros_like(context)]), ema=True)
+            eps = both[len(x):] + w * (both[:len(x)] - both[len(x):])
         x, _ = ddim.step(eps, int(t), x, 0.0, g)
     return model.decode(x).clamp(-1, 1)
 
 # %% ../nbs/41_textomorph.ipynb #cb4bc0b4
-FORMAT = 1
+FORMAT = 2
+LEGACY = {1: dict(text_scale=1.0, cond_drop=0.0, guidance=1.0)}   # format 1 had none of these fields
 
 def save_textomorph(model:TextoMorph, folder, training:bool=True, overwrite:bool=True) -> Path:
     "Write `config.json` + `weights.pt` (all weights; only the sampling ones when `training=False`)."
@@ -469,9 +485,10 @@ def load_textomorph(folder) -> TextoMorph:
             raise MissingFileError(f"{f} is not a TextoMorph model folder: {name} is missing. Train one with "
                                    "`abdomen-nb synth train DATASET --out MODEL`, or leave the model out to use `pretrained()`.")
     meta = json.loads((f / 'config.json').read_text())
-    if meta.get('format') != FORMAT:
-        raise AbdomenNBError(f"{f}/config.json has format {meta.get('format')!r}; this abdomen_nb reads format {FORMAT}.")
-    c = meta['config']
+    if meta.get('format') != FORMAT and meta.get('format') not in LEGACY:
+        raise AbdomenNBError(f"{f}/config.json has format {meta.get('format')!r}; this abdomen_nb reads formats "
+                             f"{sorted([FORMAT, *LEGACY])}. Retrain it with `abdomen-nb synth train`.")
+    c = {**LEGACY.get(meta['format'], {}), **meta['config']}
     cfg = TextoMorphConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
     model = TextoMorph(cfg)
     sd = torch.load(f / 'weights.pt', map_location='cpu', weights_only=True)
@@ -717,3 +734,11 @@ def main_synth_train(argv:list[str]|None=None) -> int:
           f"{0 if real is None else len(real['texts'])} recorded lesions), {cfg.steps} steps in {time.time() - t0:.0f} s, "
           f"L1 {last['l1']:.3f}, InfoNCE {last['nce']:.3f}" + (f"; {len(failed)} case(s) skipped" if failed else '') + f" -> {out}")
     return 0
+
+def _paint(case:CTCase, text:str, seed:int, model) -> CTCase: return synthesize(case, text, seed=seed, model=model)
+
+def main_synth(argv:list[str]|None=None) -> int:
+    "`abdomen-nb synth ...`: chapter 40's command with `--method textomorph` added, and `synth train` (above)."
+    return synth_command(argv, painters={'textomorph': _paint},
+                         commands={'train': ('train a TextoMorph model (synth train -h for its options)', main_synth_train)})
+

@@ -60,6 +60,17 @@ def build(root: Path, spacing) -> Path:
     return d
 
 
+def time_cli(args:list, runs:int, env:dict|None=None) -> list:
+    "Wall seconds of `runs` runs of `abdomen-nb ARGS --seed S` (S = 0..runs-1); stops on the first failure."
+    walls = []
+    for s in range(runs):
+        t = time.perf_counter()
+        r = subprocess.run([CLI, *args, '--seed', str(s)], capture_output=True, text=True, env=env)
+        if r.returncode: raise SystemExit(f"abdomen-nb {' '.join(args[:2])} failed:\n{r.stderr}")
+        walls.append(time.perf_counter() - t)
+    return walls
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--runs', type=int, default=5)
@@ -83,18 +94,8 @@ def main(argv=None):
               f"max {max(res['walls']):.3f}); peak {res['beyond']:.2f} GiB beyond the case ({res['case_gib']:.2f} GiB "
               f"with it); diameters {', '.join(f'{d:.0f}' for d in res['diam'])} mm")
     if not a.no_cli:
-        out = Path(a.dir) / 'out'
-        walls = []
-        for s in range(a.runs):
-            t = time.perf_counter()
-            r = subprocess.run([CLI, 'synth', 'insert', str(case_dir), '--text', TEXT, '--out', str(out), '--seed', str(s),
-                                '--overwrite'], capture_output=True, text=True)
-            if r.returncode:   # the synth command may not be registered in pipeline.SUBCOMMANDS yet
-                r = subprocess.run([sys.executable, '-c', 'import sys; from abdomen_nb.synth import main_synth; '
-                                    'sys.exit(main_synth(sys.argv[1:]))', 'insert', str(case_dir), '--text', TEXT,
-                                    '--out', str(out), '--seed', str(s), '--overwrite'], capture_output=True, text=True)
-                if r.returncode: raise SystemExit(f'synth insert failed:\n{r.stderr}')
-            walls.append(time.perf_counter() - t)
+        walls = time_cli(['synth', 'insert', str(case_dir), '--text', TEXT, '--out', str(Path(a.dir) / 'out'), '--overwrite'],
+                         a.runs)
         print(f"{'synth insert CASE --text ... --out DIR (read + insert + write)':<70} median {statistics.median(walls):.2f} s "
               f"wall ({a.runs} runs; min {min(walls):.2f}, max {max(walls):.2f})")
     print('PASS' if ok else 'FAIL', '(targets: one tumor <= 0.5 s median, < 1.5 GiB beyond the case)')

@@ -14,11 +14,11 @@ may spend a few minutes training it; that is not timed). Target: one tumor <= 5 
 
     .venv/bin/python benchmarks/bench_textomorph.py [--runs 5] [--dir /tmp/bench_synth] [--threads 2]
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_synth import CLI, build   # the same full-resolution case folder
+from bench_synth import build, time_cli   # the same full-resolution case folder
 
 TEXT = 'a 3 cm heterogeneous hyperattenuating mass in hepatic segment 7'
 
@@ -69,15 +69,8 @@ def main(argv=None):
           f"{min(res['walls']):.2f}, max {max(res['walls']):.2f}); peak {res['beyond']:.2f} GiB beyond the case "
           f"({res['case_gib']:.2f} GiB with it); diameters {', '.join(f'{d:.0f}' for d in res['diam'])} mm")
     if not a.no_cli:
-        out = Path(a.dir) / 'out_textomorph'
-        walls = []
-        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-        for s in range(a.runs):
-            t = time.perf_counter()
-            r = subprocess.run([CLI, 'synth', 'insert', str(case_dir), '--text', TEXT, '--out', str(out), '--seed', str(s),
-                                '--method', 'textomorph', '--overwrite'], capture_output=True, text=True, env=env)
-            if r.returncode: raise SystemExit(f'synth insert failed:\n{r.stderr}')
-            walls.append(time.perf_counter() - t)
+        walls = time_cli(['synth', 'insert', str(case_dir), '--text', TEXT, '--out', str(Path(a.dir) / 'out_textomorph'),
+                          '--method', 'textomorph', '--overwrite'], a.runs, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
         print(f"{'synth insert CASE --method textomorph (read + paint + write)':<62} median {statistics.median(walls):.2f} s "
               f"wall ({a.runs} runs; min {min(walls):.2f}, max {max(walls):.2f})")
     print('PASS' if ok else 'FAIL', '(target: one TextoMorph tumor <= 5 s median on 2 cores)')

@@ -131,8 +131,10 @@ def test_full_phantom_vessel_contact_within_15_degrees_of_the_truth(full_measure
 
 
 @pytest.mark.parametrize('vessel', ['aorta', pytest.param('CA', marks=pytest.mark.xfail(strict=True, reason=
-    'celiac trunk 11 vs 38 degrees in truth (the aorta, 41 vs 30, is within 15 since the slices hold the '
-    'whole vessel cross-section); the CA is short and oblique, not yet found why'))])
+    'celiac trunk 11 vs 38 degrees in truth. Cause found: discretisation. 38 degrees on a 3 mm trunk is a 2.3 mm arc, '
+    'about 2 of its 28 ring voxels on the 1 mm grid; the aorta (41 vs 30) is within 15. Re-measuring on finer grids '
+    'gives 41 at 0.35 mm and 37 at 0.33 mm but 15 at 0.5 mm and 3 at 0.5 mm upsampled from 1 mm, and moves the SMA '
+    'and PV by up to 60 degrees, so no finer-grid rule was adopted'))])
 def test_full_phantom_aorta_and_celiac_contact_within_15_degrees(full_measured, vessel):
     m, truth = full_measured
     (l,) = [x for x in m['lesions'] if x['type'] == 'pdac']

@@ -89,9 +89,9 @@ def test_patch_geometry_is_in_mm():
 
 
 def test_training_lowers_the_loss(pairs):
-    net = tm.train_textomorph(pairs, tm.textomorph_config(steps=30, batch=8), log_every=10)
+    net = tm.train_textomorph(pairs, tm.textomorph_config(steps=80, batch=8), log_every=10)
     l1 = [h['l1'] for h in net.history]
-    assert len(l1) == 3 and l1[-1] < l1[0]
+    assert len(l1) == 8 and np.mean(l1[-2:]) < np.mean(l1[:2])   # batch losses are noisy: compare pairs of logs
     assert all(np.isfinite(h['nce']) for h in net.history)
 
 
@@ -112,6 +112,15 @@ def test_sampling_is_seeded_and_text_conditioned(model, pairs):
     assert torch.equal(a, b)
     assert not torch.equal(a, tm.sample(model, *args, e, seed=4, steps=6))
     assert not torch.equal(a, tm.sample(model, *args, tm.encode_texts(['A 3 cm hyperdense mass in the liver.'] * 2), seed=3, steps=6))
+
+
+def test_guidance_zero_ignores_the_text(model, pairs):
+    args = (pairs['x0'][:2], pairs['region'][:2], pairs['mask'][:2])
+    hypo, hyper = (tm.encode_texts([f'A 3 cm {w} mass in the liver.'] * 2) for w in ('hypodense', 'hyperdense'))
+    a, b = (tm.sample(model, *args, e, seed=3, steps=4, guidance=0.0) for e in (hypo, hyper))
+    assert torch.allclose(a, b, atol=1e-6)                       # w = 0: the null-context prediction alone
+    c = tm.sample(model, *args, hyper, seed=3, steps=4, guidance=3.0)
+    assert not torch.allclose(b, c, atol=1e-3)
 
 
 def test_synthesize_paints_only_the_tumor(healthy, model):
@@ -146,7 +155,12 @@ def test_save_load_round_trip(tmp_path, pairs):
     for k, v in net.state_dict().items(): assert torch.equal(v, back.state_dict()[k]), k
     with pytest.raises(OutputExistsError): tm.save_textomorph(net, tmp_path / 'm', overwrite=False)
     with pytest.raises(MissingFileError, match='is not a TextoMorph model folder'): tm.load_textomorph(tmp_path / 'none')
-    meta = json.loads((tmp_path / 'm' / 'config.json').read_text()); meta['format'] = 99
+    meta = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    old = dict(meta, format=1, config={k: v for k, v in meta['config'].items() if k not in tm.LEGACY[1]})
+    (tmp_path / 'm' / 'config.json').write_text(json.dumps(old))    # a format-1 folder: no guidance fields
+    legacy = tm.load_textomorph(tmp_path / 'm')
+    assert (legacy.cfg.text_scale, legacy.cfg.cond_drop, legacy.cfg.guidance) == (1.0, 0.0, 1.0)
+    meta['format'] = 99
     (tmp_path / 'm' / 'config.json').write_text(json.dumps(meta))
     with pytest.raises(AbdomenNBError, match='format 99'): tm.load_textomorph(tmp_path / 'm')
 
