@@ -159,6 +159,7 @@ def test_every_public_function_and_class_has_an_api_block(site):
                     assert block.find('pre'), f"{m['page']}: the block of {name} has no signature"
                     sig = block.find('pre').get_text()
                     assert '](' not in sig and '[`' not in sig, f"{m['page']}: markdown link leaked into the signature of {name}: {sig[:200]}"
+                    assert ':NoneType' not in sig, f"{m['page']}: `x=None` shown as `x:NoneType=None` in the signature of {name}: {sig[:200]}"
     assert not missing, f"{len(missing)} public functions/classes without an API block: {missing[:10]}"
 
 

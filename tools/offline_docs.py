@@ -217,6 +217,8 @@ class ApiDocs:
         obj = res.fn
         md = _re_source_line.sub('', res._repr_markdown_()).strip()
         md = re.sub(r'^---\s*\n', '', md)
+        # show_doc types an unannotated `x=None` as `x:NoneType=None`, which reads as "x must be None"
+        md = re.sub(r'(\w):NoneType=None\b', r'\1=None', md)
         mod = getattr(inspect.unwrap(obj) if callable(obj) else obj, '__module__', None) or ''
         src = None
         try:
