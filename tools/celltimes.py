@@ -9,6 +9,7 @@ over its 90 s budget.
 import argparse, json, os, re, sys, time
 from pathlib import Path
 from execnb.shell import CaptureShell
+from nbrun import skipped   # the one rule for which cells nbdev_test skips
 
 ap = argparse.ArgumentParser(); ap.add_argument('nb'); ap.add_argument('--top', type=int, default=10)
 a = ap.parse_args()
@@ -20,8 +21,7 @@ for i, c in enumerate(nb['cells']):
     if c['cell_type'] != 'code': continue
     src = ''.join(c['source'])
     first = src.lstrip().splitlines()[0] if src.strip() else ''
-    flags = ' '.join(l for l in src.splitlines() if re.match(r'\s*#\s*\|', l))
-    if re.search(r'\bslow\b|eval:\s*false', flags): continue
+    if skipped(src): continue
     t0 = time.time(); sh.run(src); dt = time.time() - t0
     if sh.exc: sys.exit(f'cell {i} failed: {sh.exc}')
     times.append((dt, i, src.splitlines()[0][:70] if src else ''))

@@ -13,6 +13,7 @@ from execnb.shell import CaptureShell
 
 
 def skipped(src: str) -> bool:
+    "A cell nbdev_test skips: flagged `slow` or `eval: false` (tools/celltimes.py uses this too)."
     flags = ' '.join(l for l in src.splitlines() if re.match(r'\s*#\s*\|', l))
     return bool(re.search(r'\bslow\b|eval:\s*false', flags))
 
