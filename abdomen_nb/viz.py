@@ -18,11 +18,11 @@ from .core import (AbdomenNBError, CTCase, KNOWN_STRUCTURES, HU_WINDOWS, hu_wind
 
 # %% auto #0
 __all__ = ['STRUCTURE_COLOURS', 'PLANES', 'PLANE_EDGES', 'CONTEXT_STRUCTURES', 'NIIVUE_INSTALL_HELP', 'VIEW3D_BACKENDS',
-           'ITK_VIEWER_NPM', 'ITK_ASSETS_NAME', 'ITK_CDN_URL', 'ITK_INSTALL_HELP', 'ITK_MAX_VOXELS', 'structure_colour',
-           'to_display', 'orient_slice', 'pixel_spacing', 'blend_overlay', 'legend_handles', 'slice_index',
-           'show_slice', 'show_planes', 'montage_indices', 'slice_montage', 'frontal_projection', 'show_frontal',
-           'nifti_bytes', 'label_lut', 'view3d', 'ViewerError', 'itk_assets_dir', 'itk_assets_installed',
-           'install_itk_assets', 'itk_display_step', 'main_viewer']
+           'ITK_VIEWER_NPM', 'ITK_ASSETS_NAME', 'ITK_CDN_URL', 'ITK_INSTALL_HELP', 'ITK_MAX_VOXELS', 'ITK_VIEWS',
+           'structure_colour', 'to_display', 'orient_slice', 'pixel_spacing', 'blend_overlay', 'legend_handles',
+           'slice_index', 'show_slice', 'show_planes', 'montage_indices', 'slice_montage', 'frontal_projection',
+           'show_frontal', 'nifti_bytes', 'label_lut', 'view3d', 'ViewerError', 'itk_assets_dir',
+           'itk_assets_installed', 'install_itk_assets', 'itk_display_step', 'main_viewer']
 
 # %% ../nbs/02_viz.ipynb #17886e97
 _HAND_PICKED = {  # name -> (r, g, b), 0..255
@@ -354,7 +354,7 @@ def view3d(case:CTCase, # the case to show
            static:bool=True, # also draw the static three-plane figure (for docs and saved notebooks)
            height:int=420, # widget height in pixels
            opacity:float=0.5, # opacity of the label overlay
-           **opts): # passed to the backend (`ipyniivue.NiiVue` options, or `max_voxels` for 'itk')
+           **opts): # passed to the backend (`ipyniivue.NiiVue` options; for 'itk': `view` in `ITK_VIEWS`, `max_voxels`)
     "Open `case` in an inline 3D viewer, masks as a label overlay with the table colours, true voxel spacing."
     backend = backend or 'niivue'
     if backend not in VIEW3D_BACKENDS:
@@ -384,6 +384,7 @@ ITK_INSTALL_HELP = ("The 'itk' backend's viewer (itk-vtk-viewer {1}) is not inst
                     "`abdomen-nb viewer install-itk` (needs npm and the npm registry; about 110 MB into {0}), "
                     "then reload the page. With internet it loads from the CDN instead.")
 ITK_MAX_VOXELS = 24_000_000   # above this the CT is downsampled for display (the browser holds it as int16)
+ITK_VIEWS = {'axial': 'ZPlane', 'coronal': 'YPlane', 'sagittal': 'XPlane', 'volume': 'Volume'}   # view= -> viewer mode
 
 def itk_assets_dir(prefix=None) -> Path:
     "Where `install-itk` puts the viewer bundle: a labextension folder inside the venv, served by JupyterLab and Notebook 7."
@@ -464,6 +465,7 @@ async function render({ model, el }) {
       for (let i = 0; i < 150; i++) { try { f(); return true; } catch (e) { await new Promise(r => setTimeout(r, 200)); } }
       console.warn('itk viewer: a setting did not take', f); return false;
     };
+    await retry(() => viewer.setImageColorMap(model.get('color_map')));
     await retry(() => viewer.setImageColorRange(meta.window));
     if (meta.names.length) {
       await retry(() => viewer.setLabelImageLabelNames(new Map(meta.names.map((n, i) => [i + 1, n]))));
@@ -471,6 +473,9 @@ async function render({ model, el }) {
     }
     viewer.setCroppingPlanesEnabled(true);
     viewer.setUICollapsed(false);
+    // a plane set while the first scale loads keeps the 3D camera: pass through 'Volume' so the camera turns to it
+    await new Promise(r => setTimeout(r, 1500));
+    await retry(() => { viewer.setViewMode('Volume'); viewer.setViewMode(model.get('view_mode')); });
     el.dataset.itkState = 'ready';
     el.dataset.itkMs = String(Math.round(performance.now() - t0));
   } catch (e) { el.dataset.itkState = 'error'; note.textContent = 'itk-vtk-viewer failed: ' + e; console.error(e); }
@@ -494,7 +499,7 @@ def itk_display_step(shape, max_voxels:int=ITK_MAX_VOXELS) -> int:
     while np.prod([-(-s // step) for s in shape]) > max_voxels: step += 1
     return step
 
-def _itk(case, names, window, height, opacity, max_voxels=ITK_MAX_VOXELS, **opts):
+def _itk(case, names, window, height, opacity, max_voxels=ITK_MAX_VOXELS, view='axial', **opts):
     import anywidget, traitlets
     class ItkViewer(anywidget.AnyWidget):
         _esm = _ITK_ESM
@@ -503,17 +508,21 @@ def _itk(case, names, window, height, opacity, max_voxels=ITK_MAX_VOXELS, **opts
         opacity = traitlets.Float(0.5).tag(sync=True); note = traitlets.Unicode('').tag(sync=True)
         local_path = traitlets.Unicode().tag(sync=True); cdn_url = traitlets.Unicode().tag(sync=True)
         missing_message = traitlets.Unicode().tag(sync=True)
+        view_mode = traitlets.Unicode('ZPlane').tag(sync=True); color_map = traitlets.Unicode('Grayscale').tag(sync=True)
+    if view not in ITK_VIEWS: raise ValueError(f"Unknown itk view {view!r}; choose one of {list(ITK_VIEWS)}.")
     step = itk_display_step(case.ct.shape, max_voxels)
     sl = (slice(None, None, step),) * 3
     ct = _ct_int16(case.ct[sl])
     # itk-wasm images are x-fastest: a C-order (Z, Y, X) buffer
     kw = dict(ct=np.ascontiguousarray(ct.transpose(2, 1, 0)).tobytes(), meta=_itk_meta(case, step, names, window, ct.shape),
               height=height, opacity=opacity, local_path=f'lab/extensions/{ITK_ASSETS_NAME}/static/itkVtkViewer.js',
-              cdn_url=ITK_CDN_URL, missing_message=ITK_INSTALL_HELP.format(itk_assets_dir(), ITK_VIEWER_NPM[1]))
+              cdn_url=ITK_CDN_URL, missing_message=ITK_INSTALL_HELP.format(itk_assets_dir(), ITK_VIEWER_NPM[1]),
+              view_mode=ITK_VIEWS[view])
     if names:
         lab = combined_labels(case.masks, names)[sl].astype(np.uint8)
         kw['labels'] = np.ascontiguousarray(lab.transpose(2, 1, 0)).tobytes()
-    note = f"itk-vtk-viewer {ITK_VIEWER_NPM[1]}: {len(names)} labels; window {kw['meta']['window']} HU; cropping planes on."
+    note = (f"itk-vtk-viewer {ITK_VIEWER_NPM[1]}: {view} view, {len(names)} labels; window {kw['meta']['window']} HU; "
+            "cropping planes on.")
     if step > 1:
         note += (f" Downsampled for display by {step} along each axis ({case.ct.shape} -> {ct.shape} voxels); "
                  "measurements use the full-resolution case.")
