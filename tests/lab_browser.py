@@ -119,22 +119,20 @@ def colour_hits(img: np.ndarray, rgb, tol_deg=14, min_sat=0.2) -> int:
     return int(((d < tol_deg) & (hsv[..., 1] > min_sat) & (hsv[..., 2] > 0.15)).sum())
 
 
-def saturated_fraction(img: np.ndarray, min_sat=0.2) -> float:
-    "Share of pixels with colour in them (any hue): grey CT and black background count as none."
+def saturated(img: np.ndarray, min_sat=0.2) -> np.ndarray:
+    "Pixels with colour in them (any hue): grey CT and black background are not."
     from matplotlib.colors import rgb_to_hsv
     hsv = rgb_to_hsv(img[..., :3] / 255.0)
-    return float(((hsv[..., 1] > min_sat) & (hsv[..., 2] > 0.15)).mean())
+    return (hsv[..., 1] > min_sat) & (hsv[..., 2] > 0.15)
 
 
-def analyse(png: bytes, colours: dict, crop=None) -> dict:
-    """Pixel statistics of a screenshot: share drawn (not black), hits per named colour, share of coloured
-    pixels, and how many distinct values (a blank or flat canvas has few). `crop`: (y0, y1, x0, x1)."""
+def analyse(png: bytes, colours: dict) -> dict:
+    """Pixel statistics of a screenshot: share drawn (not black), hits per named colour, and how many distinct
+    values (a blank or flat canvas has few)."""
     from PIL import Image
     img = np.asarray(Image.open(io.BytesIO(png)).convert('RGB')).astype(np.int16)
-    if crop is not None: img = img[crop[0]:crop[1], crop[2]:crop[3]]
     return {'shape': img.shape, 'drawn_fraction': float((img.max(-1) > 24).mean()),
             'hits': {n: colour_hits(img, c) for n, c in colours.items()},
-            'coloured_fraction': saturated_fraction(img),
             'distinct_values': int(len(np.unique(img.reshape(-1, 3)[::7], axis=0)))}
 
 
@@ -162,10 +160,8 @@ def label_change(png_on: bytes, png_off: bytes, colours: dict = ANY_HUE, min_hit
     """What the label overlay adds: pixels coloured with it and grey without it (share of the picture), and the
     hues among them with at least `min_hits` pixels (one per structure colour on screen)."""
     from PIL import Image
-    from matplotlib.colors import rgb_to_hsv
     on, off = (np.asarray(Image.open(io.BytesIO(p)).convert('RGB')).astype(np.int16) for p in (png_on, png_off))
-    sat = lambda im: (lambda h: (h[..., 1] > min_sat) & (h[..., 2] > 0.15))(rgb_to_hsv(im / 255.0))
-    added = sat(on) & ~sat(off)   # a blended label on a grey slice is pale: a lower saturation than `colour_hits`'
+    added = saturated(on, min_sat) & ~saturated(off, min_sat)   # a blended label on grey is pale: a lower bar than `colour_hits`'
     hits = {n: colour_hits(np.where(added[..., None], on, 0), c, min_sat=min_sat) for n, c in colours.items()}
     return {'added_fraction': float(added.mean()), 'hues': sorted(n for n, v in hits.items() if v >= min_hits), 'hits': hits}
 
