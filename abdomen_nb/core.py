@@ -812,6 +812,7 @@ def write_case(case:CTCase, # the case to write
                overwrite:bool=False, # replace existing files
                masks_subdir:str='segmentations', # or 'predictions'
                write_ct:bool=True, combined:bool=True,
+               skip=(), # mask / label-map names not to write (the caller copies their files, e.g. unchanged ones)
               ) -> Path:
     "Write a `CTCase` as an AbdomenAtlas case folder, atomically and without overwriting by default."
     out_dir = Path(out_dir)
@@ -823,12 +824,16 @@ def write_case(case:CTCase, # the case to write
         ct = case.ct
         integral = ct.size and np.array_equal(ct, np.round(ct)) and ct.min() >= -32768 and ct.max() <= 32767
         save_nifti(back(ct), aff, out_dir / 'ct.nii.gz', overwrite, dtype=np.int16 if integral else np.float32)
-    for name, m in case.masks.items():
+    masks = case.masks.copy() if skip else case.masks   # (a copy of `Masks` keeps its boxes: nothing expands)
+    for n in skip:
+        if n in masks: del masks[n]
+    for name, m in masks.items():
         if name.startswith('pred:'):
             save_nifti(back(m), aff, out_dir / 'predictions' / f'{name[5:]}.nii.gz', overwrite)
         else:
             save_nifti(back(m), aff, out_dir / masks_subdir / f'{name}.nii.gz', overwrite)
     for name, lm in case.labels.items():
+        if name in skip: continue
         save_nifti(back(lm), aff, out_dir / 'labels' / f'{name}.nii.gz', overwrite, dtype=np.uint8)
     if combined and any(n in case.masks for n in ATLAS_1_1):
         save_nifti(back(combined_labels(case.masks)), aff, out_dir / 'combined_labels.nii.gz', overwrite)
@@ -888,7 +893,7 @@ def _nearest(a:np.ndarray, scale, shape) -> np.ndarray:
     for ax in reversed(range(a.ndim)):
         idx = np.minimum(np.floor(np.arange(shape[ax]) * float(scale[ax]) + 0.5).astype(np.intp), a.shape[ax] - 1)
         if len(idx) != out.shape[ax] or np.any(idx != np.arange(len(idx))): out = out.take(idx, axis=ax)
-    return out.copy() if out is a else out
+    return out.copy(order='K') if out is a else out
 
 def resample_array(a:np.ndarray, old_spacing, new_spacing, order:int, shape=None) -> np.ndarray:
     "Resample `a` from `old_spacing` to `new_spacing` (mm), keeping the first voxel centre fixed."

@@ -370,16 +370,16 @@ def _grow(m:np.ndarray, r_mm:float, spacing) -> np.ndarray:
     "Dilate by `r_mm` (exact Euclidean distance, computed inside the label's box)."
     pad = [int(np.ceil(r_mm / s)) + 1 for s in spacing]
     box = bbox(m)
-    if box is None: return m.copy()
+    if box is None: return m.copy(order='K')
     box = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, m.shape))
-    out = m.copy()   # a voxel joins when its centre is within r_mm of the label's surface (half a voxel out)
+    out = m.copy(order='K')   # a voxel joins when its centre is within r_mm of the label's surface (half a voxel out)
     out[box] = ndimage.distance_transform_edt(~m[box], sampling=spacing) <= r_mm + 0.5 * min(spacing)
     return out
 
 def _shrink(m:np.ndarray, r_mm:float, spacing) -> np.ndarray:
     "Erode by `r_mm` (exact Euclidean distance)."
     box = bbox(m, margin=1)
-    if box is None: return m.copy()
+    if box is None: return m.copy(order='K')
     out = np.zeros_like(m)
     out[box] = ndimage.distance_transform_edt(m[box], sampling=spacing) > r_mm + 0.5 * min(spacing)
     return out
@@ -413,7 +413,7 @@ def jitter(mask:np.ndarray, spacing, amp_mm:float=3.0, seed:int=0) -> np.ndarray
     "A plausible model prediction: the boundary moved in and out by up to `amp_mm` (at least a voxel; a smooth random field)."
     amp_mm = max(amp_mm, 1.5 * min(spacing))
     box = bbox(mask, margin=int(np.ceil(amp_mm / min(spacing))) + 2)
-    if box is None: return mask.copy()
+    if box is None: return mask.copy(order='K')
     m, h = mask[box], 0.5 * min(spacing)   # signed distance of voxel centres to the surface (half a voxel in)
     sd = np.where(m, h - ndimage.distance_transform_edt(m, sampling=spacing),
                   ndimage.distance_transform_edt(~m, sampling=spacing) - h)
@@ -432,7 +432,7 @@ def corrupt(case:CTCase, # the case holding the true mask
     "A realistic mistake of a segmentation model, made from the true mask with a given severity."
     if kind not in CORRUPTIONS: raise ValueError(f"Unknown corruption '{kind}'; choose one of {CORRUPTIONS}.")
     m = case.mask(organ) if truth is None else truth
-    if not m.any(): return m.copy()
+    if not m.any(): return m.copy(order='K')
     rng, sp, sev = np.random.default_rng(seed), case.spacing, float(np.clip(severity, 0.01, 1))
     idx = np.argwhere(m)
     if kind == 'over':

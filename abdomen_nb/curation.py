@@ -62,7 +62,7 @@ def noisy_labels(case:CTCase, structures=STRUCTURES, p_corrupt:float=0.7, seed:i
         if rng.random() < p_corrupt and t.any():
             k = str(rng.choice(CORRUPTIONS)); sev = float(rng.uniform(0.3, 0.9))
             labels[s], kinds[s] = corrupt(case, s, k, sev, seed=seed * 10 + j, truth=t), f'{k}_{sev:.2f}'
-        else: labels[s], kinds[s] = jitter(t, case.spacing, seed=seed * 10 + j) if t.any() else t.copy(), 'jitter'
+        else: labels[s], kinds[s] = jitter(t, case.spacing, seed=seed * 10 + j) if t.any() else t.copy(order='K'), 'jitter'
     return labels, kinds
 
 # %% ../nbs/51_scalemai.ipynb #5093974f

@@ -310,7 +310,7 @@ def organ_flags(organ:str, # a name in ORGAN_RULES
 # %% ../nbs/20_measure.ipynb #92c4ff4d
 def dilate_mm(mask:np.ndarray, radius_mm:float) -> np.ndarray:
     "Dilate a mask on a 1 mm grid by a ball of `radius_mm` (Euclidean distance <= radius)."
-    if radius_mm <= 0 or not mask.any(): return mask.copy()
+    if radius_mm <= 0 or not mask.any(): return mask.copy(order='K')
     r = int(math.ceil(radius_mm))
     box = mask_box(mask, r)
     out = np.zeros_like(mask)

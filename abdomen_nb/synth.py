@@ -14,7 +14,7 @@ from monai.transforms import MapTransform, Randomizable
 
 from .core import (AbdomenNBError, CTCase, EmptyMaskError, LESION_PREFIX, LESION_TYPES, LIVER_SEGMENTS,
                              MissingStructureError, OutputExistsError, PANCREAS_PARTS, VESSELS, bbox, read_case,
-                             write_case, write_json)
+                             Masks, ATLAS_1_1, write_case, write_json)
 from .measure import PART_WORD, attenuation as attenuation_word, axial_diameters
 from .report import ATT_RX, LESION_WORDS, RX, TYPE_WORDS
 
@@ -392,13 +392,13 @@ def insert_tumors(case:CTCase, # the case (not modified)
         src = _mass_effect(ct0, fW, cs, [float(max(p['radii_mm'] * p['scale'])) for p in placed], sp)
     new = src + change
     if np.array_equal(ct0, np.rint(ct0)): np.rint(new, out=new)
-    ct = case.ct.copy()
+    ct = case.ct.copy(order='K')   # NIfTI arrays are Fortran-ordered: a C-order copy costs 30x
     np.copyto(ct[aW], new.astype(ct.dtype, copy=False), where=fW)
     # masks, instance labels, truth
     names = [f'{LESION_PREFIX[group]}_lesion'] + ([f'{LESION_PREFIX[group]}_{typ}'] if typ else [])
-    masks = dict(case.masks)
+    masks = case.masks.copy() if isinstance(case.masks, Masks) else dict(case.masks)   # unchanged masks stay boxed
     for n in names:
-        a = case.masks[n].copy() if n in case.masks else np.zeros(case.shape, bool)
+        a = case.masks[n].copy(order='K') if n in case.masks else np.zeros(case.shape, bool)
         a[aW] |= gW; masks[n] = a
     labels = dict(case.labels)
     truth = dict(case.meta.get('truth') or {})
@@ -406,7 +406,7 @@ def insert_tumors(case:CTCase, # the case (not modified)
     li = labels.get('lesion_instances')
     base = max([int(li.max()) if li is not None else 0] + [int(l.get('id', 0)) for l in old_truth if str(l.get('id', '')).isdigit()])
     if base + len(placed) > 255: raise SynthesisError("More than 255 lesions in one case (instance ids are uint8).")
-    li = li.copy() if li is not None else np.zeros(case.shape, np.uint8)
+    li = li.copy(order='K') if li is not None else np.zeros(case.shape, np.uint8)
     liW = li[aW]
     seg = _SUBSEG.get(group)
     segW = case.labels[seg[0]][aW] if seg and seg[0] in case.labels else None
@@ -803,6 +803,24 @@ def synthesize(case:CTCase, # a case with the organ's mask (healthy or not)
     return out
 
 # %% ../nbs/40_tumor_synthesis.ipynb #81c1a802
+def _source_file(folder:Path, name:str) -> Path|None:
+    return next((p for p in (folder / f'{name}.nii.gz', folder / f'{name}.nii') if p.is_file()), None)
+
+def _copy_unchanged(case:CTCase, new:CTCase, src:Path, out:Path) -> set:
+    "Copy the files of the masks and label maps the synthesis left alone (the same object) instead of re-encoding them."
+    def same(a, b, n): return n in a and n in b and (a.raw(n) if isinstance(a, Masks) else a[n]) is (
+                                                     b.raw(n) if isinstance(b, Masks) else b[n])
+    kept = set()
+    for sub, old, cur in (('segmentations', case.masks, new.masks), ('labels', case.labels, new.labels)):
+        for n in list(cur):
+            f = _source_file(src / sub, n) if same(old, cur, n) else None
+            if f is None: continue
+            (out / sub).mkdir(parents=True, exist_ok=True); shutil.copy2(f, out / sub / f.name); kept.add(n)
+    f = _source_file(src, 'combined_labels')
+    if f is not None and all(n in kept for n in ATLAS_1_1 if n in new.masks):   # no structure it numbers changed
+        shutil.copy2(f, out / f.name); kept.add('combined_labels')
+    return kept
+
 def insert_case(case_dir, # the input AbdomenAtlas case folder (read only)
                 text:str, # the tumor description
                 out_dir, # the new case folder to write
@@ -827,7 +845,8 @@ def insert_case(case_dir, # the input AbdomenAtlas case folder (read only)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     try:
-        write_case(new, tmp, overwrite=True)
+        kept = _copy_unchanged(case, new, src, tmp)
+        write_case(new, tmp, overwrite=True, skip=kept, combined='combined_labels' not in kept)
         write_json(new.meta['truth'], tmp / 'truth.json', overwrite=True)
         if out.exists(): shutil.rmtree(out)
         tmp.rename(out)

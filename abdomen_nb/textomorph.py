@@ -574,7 +574,7 @@ def _blend(case:CTCase, geo:CTCase, entries:list, boxes:list, gen:np.ndarray, sa
     old = np.zeros(case.shape, bool)
     for n, a in case.masks.items():
         if n.endswith('_lesion'): old |= a
-    ct, sp = case.ct.copy(), np.asarray(case.spacing, float)
+    ct, sp = case.ct.copy(order='K'), np.asarray(case.spacing, float)
     out = []
     for e, box, g_, sentence in zip(entries, boxes, gen, said):
         m = inst == int(e['id'])

@@ -413,3 +413,31 @@ def test_cli_refuses_to_overwrite(case_dir, tmp_path):
     assert r.returncode == 1 and 'OutputExistsError' in r.stderr and (out / 'keep.txt').read_text() == 'mine'
     r = _cli('insert', str(case_dir), '--text', 'a 2 cm lesion in the liver', '--out', str(case_dir / 'inside'))
     assert r.returncode == 1 and 'OutputExistsError' in r.stderr and not (case_dir / 'inside').exists()
+
+
+def test_insert_case_copies_what_it_did_not_change(case_dir, tmp_path):
+    "Unchanged masks / label maps are copied byte for byte; what changed equals the in-memory synthesis."
+    text = 'a 3 cm hypodense mass in hepatic segment 7'
+    out, added = synth.insert_case(case_dir, text, tmp_path / 'new', seed=2)
+    case = read_case(case_dir)
+    assert case.ct.flags['F_CONTIGUOUS']                       # NIfTI order ...
+    mem = synthesize(case, text, seed=2)
+    assert mem.ct.flags['F_CONTIGUOUS']                        # ... kept by the copy (a C-order copy is ~30x slower)
+    new = read_case(out)
+    np.testing.assert_array_equal(new.ct, mem.ct)
+    changed = {'liver_lesion', 'lesion_instances'}
+    for sub in ('segmentations', 'labels'):
+        for f in (case_dir / sub).iterdir():
+            name = f.name.split('.')[0]
+            assert ((out / sub / f.name).read_bytes() == f.read_bytes()) == (name not in changed), f.name
+    assert (out / 'combined_labels.nii.gz').read_bytes() == (case_dir / 'combined_labels.nii.gz').read_bytes()
+    for n in mem.masks: np.testing.assert_array_equal(new.masks[n], mem.masks[n], err_msg=n)
+    for n in mem.labels: np.testing.assert_array_equal(new.labels[n], mem.labels[n], err_msg=n)
+    assert added[0]['id'] == mem.meta['truth']['lesions'][-1]['id']
+
+
+def test_write_case_skip(tmp_path, healthy):
+    d = write_case(healthy, tmp_path / 'c', skip={'liver', 'liver_segments'})
+    assert not (d / 'segmentations' / 'liver.nii.gz').exists() and not (d / 'labels' / 'liver_segments.nii.gz').exists()
+    assert (d / 'segmentations' / 'spleen.nii.gz').exists() and (d / 'labels' / 'pancreas_parts.nii.gz').exists()
+    assert 'liver' in healthy.masks                            # the case itself is left alone
