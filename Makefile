@@ -9,7 +9,7 @@ STAMP := .venv/.installed
 $(STAMP): settings.ini setup.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,radiomics]"
 	touch $(STAMP)
 
 demo: $(STAMP)
