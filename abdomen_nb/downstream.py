@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from .core import CTCase, LESION_PREFIX
+from .core import CTCase
 from . import seg, synth
-from .synth import TUMOR_ORGANS
+from .synth import LESION_NAMES_OF
 from .touchstone import dsc
 from .realism import lesion_entry, tumors_of
 
@@ -53,7 +53,7 @@ def tumor_scores(preds:list, # per case: predicted masks (a dict or a `CTCase`),
                  cases:list, # the same cases with their truth
                  organ:str='liver', min_voxels:int=1) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(per case: tumor DSC; per true tumor: detected, small) of predictions against the cases' truth."
-    name = f"{LESION_PREFIX[TUMOR_ORGANS[organ]]}_lesion"
+    name = LESION_NAMES_OF[organ][0]
     per_case, per_tumor = [], []
     for p, c in zip(preds, cases, strict=True):
         pm = (p.masks if isinstance(p, CTCase) else p).get(name)
@@ -74,7 +74,7 @@ def downstream_table(arms:dict, # arm name -> training cases
                      **cfg_overrides, # `seg.seg_config` fields (iterations, spacing, ...)
                     ) -> pd.DataFrame: # one row per arm and seed
     "Train a tumor segmenter per arm and seed with the same settings; score each on `test_cases` (`tumor_scores`)."
-    lesion = f"{LESION_PREFIX[TUMOR_ORGANS[organ]]}_lesion"
+    lesion = LESION_NAMES_OF[organ][0]
     rows = []
     for name, items in arms.items():
         for s in seeds:

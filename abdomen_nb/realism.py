@@ -9,8 +9,8 @@ import pandas as pd
 from pathlib import Path
 from scipy import ndimage, stats
 
-from .core import AbdomenNBError, LESION_PREFIX, bbox
-from .synth import TUMOR_ORGANS
+from .core import AbdomenNBError, bbox, hu_window
+from .synth import LESION_NAMES_OF
 from .viz import to_display
 
 # %% auto #0
@@ -119,7 +119,7 @@ def tumor_features(case, # a `CTCase`
 
 def tumors_of(case, organ:str='liver', min_voxels:int=8) -> list:
     "Each connected tumor in the case's lesion mask of `organ` (e.g. `liver_lesion`) with at least `min_voxels`."
-    name = f"{LESION_PREFIX[TUMOR_ORGANS[organ]]}_lesion"
+    name = LESION_NAMES_OF[organ][0]
     if name not in case.masks: return []
     lab, n = ndimage.label(case.masks[name])
     sizes = np.bincount(lab.ravel())
@@ -137,14 +137,14 @@ def lesion_entry(case, lesion:np.ndarray) -> dict|None:
 # %% ../nbs/43_synthesis_realism.ipynb #552bf7b7
 def tumor_view(case, lesion:np.ndarray, # one tumor
                fov_mm:float=64.0, px:int=64, # the crop's width in mm and in pixels
-               window=(-160, 240)) -> np.ndarray: # HU shown black to white (abdomen window)
+               window='abdomen') -> np.ndarray: # a `core.HU_WINDOWS` name or (low, high) HU, shown black to white
     "The axial view of a tumor a reader is shown: its widest slice, centred, `fov_mm` across, uint8, display orientation."
     z = int(np.argmax(lesion.sum((0, 1))))
     c = np.argwhere(lesion[:, :, z]).mean(0)
     u = (np.arange(px) - (px - 1) / 2) * fov_mm / px
     X, Y = np.meshgrid(c[0] + u / case.spacing[0], c[1] + u / case.spacing[1], indexing='ij')
     img = ndimage.map_coordinates(np.asarray(case.ct[:, :, z], np.float32), [X, Y], order=1, mode='nearest')
-    lo, hi = window
+    lo, hi = hu_window(window)
     return to_display(np.rint(np.clip((img - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8))
 
 def tumor_cohort(cases, # `CTCase`s (an iterable: each is measured and let go)
