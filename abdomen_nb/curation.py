@@ -15,11 +15,13 @@ from .core import (AbdomenNBError, AtlasDataset, CTCase, MissingStructureError, 
 from . import seg
 from .critic import AnatomyCritic, A, B, GOOD, BAD
 from .critic_images import CORRUPTIONS, corrupt, jitter
+from .downstream import with_synthetic_tumors
 
 # %% auto #0
 __all__ = ['TARGET_SENSITIVITY', 'STRUCTURES', 'REVIEW_MINUTES', 'CRITIC_SECONDS', 'AGREE_DICE', 'IN_ORGAN', 'CURVE_COLUMNS',
-           'LOOP_PRESETS', 'CurationInputError', 'operating_point', 'truth_mask', 'noisy_labels', 'tumor_plausible',
-           'e_step', 'case_scores', 'model_metrics', 'split_cases', 'label_quality', 'run_scalemai_loop', 'main_curate']
+           'LOOP_PRESETS', 'BASELINES', 'BASELINE_COLUMNS', 'CurationInputError', 'operating_point', 'truth_mask',
+           'noisy_labels', 'tumor_plausible', 'e_step', 'case_scores', 'model_metrics', 'synthetic_cases',
+           'split_cases', 'label_quality', 'run_scalemai_loop', 'baselines', 'main_curate']
 
 # %% ../nbs/51_scalemai.ipynb #7ba21e15
 TARGET_SENSITIVITY = 0.9   # the operating point keeps at least this share of tumors (high-sensitivity ROC point)
@@ -121,11 +123,27 @@ def model_metrics(model, test_cases, op_threshold:float) -> dict:
                 sensitivity=float(det[pos].mean()) if pos.any() else float('nan'),
                 specificity=float((~det[~pos]).mean()) if (~pos).any() else float('nan'))
 
+# %% ../nbs/51_scalemai.ipynb #edcaa128
+def _item(case, lab, cid): return CTCase(case.ct, case.affine, lab, {}, {'case_id': cid})
+
+def synthetic_cases(cases:dict, # id -> CTCase
+                    trusted:dict, # id -> labels a person (or the truth) gave: only these are used
+                    n:int, # at most this many synthetic training cases
+                    seed:int=0) -> list[CTCase]:
+    "Up to `n` trusted tumor-free cases, each with one procedural pancreatic tumor (chapter 40's recipe) and its mask."
+    if n <= 0: return []
+    healthy = [cid for cid, lab in trusted.items() if not lab['pancreatic_lesion'].any()]
+    pick = [healthy[i] for i in np.random.default_rng([seed, 40]).permutation(len(healthy))[:n]]
+    base = [_item(cases[cid], {s: trusted[cid][s] for s in STRUCTURES}, f'{cid}_synthetic') for cid in pick]
+    syn = with_synthetic_tumors(base, 'procedural', organ='pancreas', seed=seed)
+    return [_item(c, {s: c.masks[s] for s in STRUCTURES}, c.meta['case_id']) for c in syn]
+
 # %% ../nbs/51_scalemai.ipynb #ce9504a6
 CURVE_COLUMNS = ['iteration', 'label_dsc', 'model_dsc', 'sensitivity', 'specificity', 'cases_reviewed', 'reviewer_minutes']
 LOOP_PRESETS = {  # preset -> loop settings (the network's own come from seg.seg_config(preset))
-    'tiny': dict(init_steps=30, finetune_steps=15, review_share=0.25, clean_share=0.2, test_share=0.3, p_corrupt=0.7),
-    'published': dict(init_steps=20_000, finetune_steps=5_000, review_share=0.05, clean_share=0.05, test_share=0.2, p_corrupt=0.3),
+    'tiny': dict(init_steps=30, finetune_steps=15, review_share=0.25, clean_share=0.2, test_share=0.3, p_corrupt=0.7, synthetic=0),
+    'published': dict(init_steps=20_000, finetune_steps=5_000, review_share=0.05, clean_share=0.05, test_share=0.2, p_corrupt=0.3,
+                      synthetic=0),
 }
 
 def _load(cases) -> list:
@@ -140,13 +158,27 @@ def _load(cases) -> list:
     if len(set(ids)) != len(ids): raise CurationInputError("Case ids must be unique.")
     return list(zip(ids, cases))
 
-def split_cases(ids, seed:int=0, clean_share:float=0.2, test_share:float=0.3) -> dict:
-    "A seeded split of case ids into 'clean', 'pool' and 'test' (each at least 1, pool at least 2)."
-    ids = list(ids); order = np.random.default_rng([seed, 51]).permutation(len(ids))
+def split_cases(ids, seed:int=0, clean_share:float=0.2, test_share:float=0.3,
+                positive=None, # per id: has a tumor; given, every part gets tumor and tumor-free cases in proportion
+               ) -> dict:
+    "A seeded split of case ids into 'clean', 'pool' and 'test' (each at least 1, pool at least 2), stratified by `positive`."
+    ids = list(ids); rng = np.random.default_rng([seed, 51])
     n_test = max(1, round(test_share * len(ids))); n_clean = max(1, round(clean_share * len(ids)))
     if len(ids) - n_test - n_clean < 2: raise CurationInputError(f"{len(ids)} cases are too few for a clean set, a pool of 2 and a test set.")
-    o = [ids[i] for i in order]
-    return dict(test=sorted(o[:n_test]), clean=sorted(o[n_test:n_test + n_clean]), pool=sorted(o[n_test + n_clean:]))
+    if positive is None:
+        o = [ids[i] for i in rng.permutation(len(ids))]
+        return dict(test=sorted(o[:n_test]), clean=sorted(o[n_test:n_test + n_clean]), pool=sorted(o[n_test + n_clean:]))
+    pos = np.asarray(positive, bool)
+    if pos.shape != (len(ids),): raise CurationInputError(f"positive has {pos.size} entries for {len(ids)} ids.")
+    left = {True: [ids[i] for i in rng.permutation(np.flatnonzero(pos))], False: [ids[i] for i in rng.permutation(np.flatnonzero(~pos))]}
+    out = {}
+    for part, n in [('test', n_test), ('clean', n_clean)]:   # each part: its share of tumors, at least one of each kind when n >= 2
+        k = int(round(n * pos.mean()))
+        if n >= 2: k = min(max(k, 1), n - 1)
+        k = min(k, len(left[True])); k = max(k, n - len(left[False]))
+        out[part] = sorted(left[True][:k] + left[False][:n - k])
+        left = {True: left[True][k:], False: left[False][n - k:]}
+    return dict(**out, pool=sorted(left[True] + left[False]))
 
 def _train(cfg, items, steps, d:Path, prev:Path|None):
     cfg = seg.SegConfig.from_dict({**cfg.to_dict(), 'iterations': steps, 'val_every': steps})
@@ -166,32 +198,46 @@ def label_quality(labels:dict, cases:dict) -> float:
     return float(np.mean([dice(m, truth_mask(cases[cid], s)) for cid, lab in labels.items() for s, m in lab.items()]))
 
 # %% ../nbs/51_scalemai.ipynb #bbdc3804
+def _setup(cases, preset, seed, overrides) -> tuple:
+    "The settings, cases by id, the stratified split and the network config that the loop and its baselines share."
+    if preset not in LOOP_PRESETS: raise CurationInputError(f"Unknown preset {preset!r}; choose one of {sorted(LOOP_PRESETS)}.")
+    bad = set(overrides) - set(LOOP_PRESETS[preset])
+    if bad: raise CurationInputError(f"Unknown loop settings {sorted(bad)}; known: {sorted(LOOP_PRESETS[preset])}.")
+    P = {**LOOP_PRESETS[preset], **overrides}
+    cases = dict(_load(cases))
+    positive = [bool(truth_mask(c, 'pancreatic_lesion').any()) for c in cases.values()]
+    split = split_cases(list(cases), seed, P['clean_share'], P['test_share'], positive=positive)
+    cfg = seg.seg_config(preset, classes=list(STRUCTURES), seed=seed, val_every=10**9)
+    return P, cases, split, cfg
+
+def _noisy_pool(cases, split, P, seed) -> dict:
+    return {cid: noisy_labels(cases[cid], STRUCTURES, P['p_corrupt'], seed=seed * 1000 + i)[0] for i, cid in enumerate(split['pool'])}
+
+def _operating_point(model, cases, labels_of:dict) -> dict:
+    "The M-step's high-sensitivity threshold, chosen on trusted cases only (id -> labels a person or the truth gave)."
+    sc = [case_scores(model, cases[cid])[0] for cid in labels_of]
+    return operating_point(sc, [bool(lab['pancreatic_lesion'].any()) for lab in labels_of.values()])
+
 def run_scalemai_loop(cases, # CTCases with truth masks (e.g. phantoms with pancreatic tumors), or a dataset folder
                       out, # run folder: iter_NN/ per iteration and curves.csv
                       iterations:int=3, # E/M rounds after iteration 0 (trained once on clean + noisy pool)
                       preset:str='tiny', # a key of LOOP_PRESETS (and of seg's presets)
-                      seed:int=0, # the split, the corruptions and the training derive from it
+                      seed:int=0, # the split, the corruptions, the synthetic tumors and the training derive from it
                       resume:bool=False, # continue after the last finished iteration in `out`
-                      **overrides, # LOOP_PRESETS keys (init_steps, review_share, ...)
+                      **overrides, # LOOP_PRESETS keys (init_steps, review_share, synthetic, ...)
                      ) -> pd.DataFrame: # the curves (CURVE_COLUMNS), one row per iteration
     "The ScaleMAI loop: noisy pool -> (E-step: model + critic + error detector + reviewer; M-step: retrain) x `iterations`."
-    if preset not in LOOP_PRESETS: raise CurationInputError(f"Unknown preset {preset!r}; choose one of {sorted(LOOP_PRESETS)}.")
     if int(iterations) < 0: raise CurationInputError(f"iterations must be >= 0, got {iterations}.")
-    bad = set(overrides) - set(LOOP_PRESETS[preset])
-    if bad: raise CurationInputError(f"Unknown loop settings {sorted(bad)}; known: {sorted(LOOP_PRESETS[preset])}.")
-    P = {**LOOP_PRESETS[preset], **overrides}
-    pairs = _load(cases); cases = dict(pairs)
+    P, cases, split, cfg = _setup(cases, preset, seed, overrides)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise OutputExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue it, or choose another folder.")
     out.mkdir(parents=True, exist_ok=True)
-    split = split_cases(list(cases), seed, P['clean_share'], P['test_share'])
     settings = json.loads(json.dumps(dict(preset=preset, seed=seed, **P, split=split)))
     if (out / 'settings.json').exists():
         old = json.loads((out / 'settings.json').read_text())
         if old != settings: raise CurationInputError(f"{out} was started with other settings ({old}); resume with the same ones.")
     else: write_json(settings, out / 'settings.json')
-    cfg = seg.seg_config(preset, classes=list(STRUCTURES), seed=seed, val_every=10**9)
     idir = lambda k: out / f'iter_{k:02d}'
     start = 0
     while start <= iterations and (idir(start) / 'done.json').exists(): start += 1
@@ -205,11 +251,7 @@ def run_scalemai_loop(cases, # CTCases with truth masks (e.g. phantoms with panc
         labels = _read_labels(idir(start - 1), split['pool'])
         verified = set(json.loads((idir(start - 1) / 'metrics.json').read_text())['verified'])
         model = seg.load_model(idir(start - 1) / 'model')
-    else:
-        labels = {cid: noisy_labels(cases[cid], STRUCTURES, P['p_corrupt'], seed=seed * 1000 + i)[0]
-                  for i, cid in enumerate(split['pool'])}
-        verified = set()
-    item = lambda cid, lab: CTCase(cases[cid].ct, cases[cid].affine, lab, {}, {'case_id': cid})
+    else: labels, verified = _noisy_pool(cases, split, P, seed), set()
     for k in range(start, iterations + 1):
         d = idir(k); d.mkdir(parents=True)
         decisions, reviewed = [], []
@@ -228,14 +270,15 @@ def run_scalemai_loop(cases, # CTCases with truth masks (e.g. phantoms with panc
                 else: labels[cid] = r['labels']
                 decisions.append(dict(case_id=cid, **{f'choice_{s}': r['choice'][s] for s in STRUCTURES},
                                       flagged=r['flagged'], penalty=r['penalty'], reviewed=cid in reviewed))
-        # M-step: retrain on clean + curated labels, then the high-sensitivity operating point on trusted cases
-        items = [item(cid, clean[cid]) for cid in split['clean']] + [item(cid, labels[cid]) for cid in split['pool']]
+        # M-step: retrain on clean + curated labels (+ synthetic tumors in trusted healthy cases), then the
+        # high-sensitivity operating point on the trusted cases
+        trusted = {**clean, **{cid: labels[cid] for cid in sorted(verified)}}
+        syn = synthetic_cases(cases, trusted, P['synthetic'], seed=seed * 1000 + k)
+        items = [_item(cases[cid], lab, cid) for cid, lab in clean.items()] + \
+                [_item(cases[cid], labels[cid], cid) for cid in split['pool']] + syn
         steps = P['init_steps'] + k * P['finetune_steps']
         model = _train(cfg, items, steps, d / 'model', idir(k - 1) / 'model' if k else None)
-        trusted = list(split['clean']) + sorted(verified)
-        sc = [case_scores(model, cases[cid])[0] for cid in trusted]
-        pos = [bool((clean.get(cid) or labels[cid])['pancreatic_lesion'].any()) for cid in trusted]
-        op = operating_point(sc, pos)
+        op = _operating_point(model, cases, trusted)
         _save_labels(d, cases, labels)
         atomic_write(d / 'decisions.csv', lambda p: pd.DataFrame(decisions).to_csv(p, index=False), overwrite=True)
         prev = rows[-1] if rows else dict(cases_reviewed=0, reviewer_minutes=0.0)
@@ -243,12 +286,49 @@ def run_scalemai_loop(cases, # CTCases with truth masks (e.g. phantoms with panc
                    cases_reviewed=int(prev['cases_reviewed']) + len(reviewed),
                    reviewer_minutes=float(prev['reviewer_minutes']) + REVIEW_MINUTES * len(reviewed))
         write_json({**row, 'operating_point': op, 'reviewed': reviewed, 'verified': sorted(verified),
+                    'synthetic': [c.case_id for c in syn],
                     'review_share_of_pool': row['cases_reviewed'] / len(split['pool'])}, d / 'metrics.json', overwrite=True)
         rows.append(row)
         cur = pd.DataFrame(rows, columns=CURVE_COLUMNS)
         atomic_write(out / 'curves.csv', lambda p: cur.to_csv(p, index=False), overwrite=True)
         write_json({'iteration': k}, d / 'done.json', overwrite=True)
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+# %% ../nbs/51_scalemai.ipynb #2bda8dc9
+BASELINES = {'clean_only': 'the clean set alone', 'noisy_once': 'the clean set + the noisy pool, trained once'}
+BASELINE_COLUMNS = ['baseline', 'training', 'cases', 'steps', 'model_dsc', 'sensitivity', 'specificity', 'reviewer_minutes']
+
+def baselines(cases, # the loop's cases (CTCases with truth, or a dataset folder)
+              out, # folder: <baseline>/ and baselines.csv
+              iterations:int=3, # the loop's iterations: the baselines train as many steps as its last model
+              preset:str='tiny', seed:int=0, # the loop's preset and seed: the same split and noisy pool
+              resume:bool=False, # keep the baselines already finished in `out`
+              **overrides, # the loop's LOOP_PRESETS overrides
+             ) -> pd.DataFrame: # one row per baseline (BASELINE_COLUMNS)
+    "The loop's references at its compute: train once on the clean set alone, and on clean + the noisy pool."
+    P, cases, split, cfg = _setup(cases, preset, seed, overrides)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise OutputExistsError(f"{out} already holds baselines; pass resume=True (--resume) to keep them, or choose another folder.")
+    clean = {cid: {s: truth_mask(cases[cid], s) for s in STRUCTURES} for cid in split['clean']}
+    pool = _noisy_pool(cases, split, P, seed)
+    test = [cases[cid] for cid in split['test']]
+    steps = P['init_steps'] + int(iterations) * P['finetune_steps']
+    rows = []
+    for name, labels in [('clean_only', clean), ('noisy_once', {**clean, **pool})]:
+        d = out / name
+        if resume and (d / 'done.json').exists(): rows.append(json.loads((d / 'metrics.json').read_text())); continue
+        if d.exists(): shutil.rmtree(d)   # an unfinished baseline is trained again
+        model = _train(cfg, [_item(cases[cid], lab, cid) for cid, lab in labels.items()], steps, d / 'model', None)
+        op = _operating_point(model, cases, clean)
+        row = dict(baseline=name, training=BASELINES[name], cases=len(labels), steps=steps,
+                   **model_metrics(model, test, op['threshold']), reviewer_minutes=0.0)
+        write_json({**row, 'operating_point': op}, d / 'metrics.json', overwrite=True)
+        write_json({'baseline': name}, d / 'done.json', overwrite=True)
+        rows.append(row)
+    table = pd.DataFrame(rows)[BASELINE_COLUMNS]
+    atomic_write(out / 'baselines.csv', lambda p: table.to_csv(p, index=False), overwrite=True)
+    return table
 
 # %% ../nbs/51_scalemai.ipynb #8ed33aa3
 def _read_dataset(root) -> list:
@@ -261,29 +341,38 @@ def _read_dataset(root) -> list:
     return [ds[cid] for cid in ds.ids]
 
 def main_curate(argv) -> int:
-    "`abdomen-nb curate DATASET --out RUN [--loop scalemai|atlas] [--iterations N] [--preset tiny] [--resume] [--seed S]`."
+    "`abdomen-nb curate DATASET --out RUN [--loop scalemai|atlas] [--iterations N] [--preset tiny] [--synthetic N] [--baselines] [--resume] [--seed S]`."
     ap = argparse.ArgumentParser(prog='abdomen-nb curate', description='Run a curation loop with a simulated reviewer; writes RUN/curves.csv.')
     ap.add_argument('dataset'); ap.add_argument('--out', required=True)
     ap.add_argument('--loop', choices=('scalemai', 'atlas'), default='scalemai')
     ap.add_argument('--iterations', type=int, default=3); ap.add_argument('--preset', default='tiny')
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--synthetic', type=int, default=None, help='scalemai: synthetic-tumor training cases per M-step (default: the preset\'s)')
+    ap.add_argument('--baselines', action='store_true', help='scalemai: also train once on the clean set and on the noisy pool (RUN/baselines.csv)')
     ap.add_argument('--resume', action='store_true'); ap.add_argument('--overwrite', action='store_true')
     a = ap.parse_args(argv)
     if a.iterations < 0: raise CurationInputError(f"--iterations must be >= 0, got {a.iterations}.")
+    if a.loop == 'atlas' and (a.synthetic is not None or a.baselines):
+        raise CurationInputError("--synthetic and --baselines belong to the ScaleMAI loop; drop them or use --loop scalemai.")
+    if a.synthetic is not None and a.synthetic < 0: raise CurationInputError(f"--synthetic must be >= 0, got {a.synthetic}.")
     out = Path(a.out)
-    if a.loop == 'atlas':
-        try: from abdomen_nb.atlas import run_atlas_loop
-        except ImportError: raise CurationInputError("The atlas loop (chapter 12, abdomen_nb.atlas.run_atlas_loop) is not built yet; use --loop scalemai.")
-    else: run_atlas_loop = None
     finished = (out / f'iter_{a.iterations:02d}' / 'done.json').exists()
     if out.exists() and any(out.iterdir()):
         if a.overwrite: shutil.rmtree(out)
         elif not a.resume:
             raise OutputExistsError(f"{out} already holds a {'finished ' if finished else ''}run; pass --resume to continue it or --overwrite to start again.")
     cases = _read_dataset(a.dataset)
-    fn = run_atlas_loop or run_scalemai_loop
+    kw = dict(iterations=a.iterations, preset=a.preset, seed=a.seed, resume=a.resume)
+    extra = {} if a.synthetic is None else dict(synthetic=a.synthetic)
     with torch.random.fork_rng(devices=[]):
-        curves = fn(cases, out, iterations=a.iterations, preset=a.preset, seed=a.seed, resume=a.resume)
+        if a.loop == 'atlas':
+            from abdomen_nb.atlas import run_atlas_loop
+            curves = run_atlas_loop(cases, out, **kw)
+        else: curves = run_scalemai_loop(cases, out, **kw, **extra)
+        base = baselines(cases, out / 'baselines', **kw, **extra) if a.baselines else None
     print(curves.to_string(index=False))
     print(f"curves: {out / 'curves.csv'}")
+    if base is not None:
+        print(base.drop(columns='training').to_string(index=False))
+        print(f"baselines: {out / 'baselines' / 'baselines.csv'}")
     return 0

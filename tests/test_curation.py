@@ -102,6 +102,69 @@ def test_resume_after_killed_iteration_same_final_state(run_a, cohort, tmp_path,
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_split_is_stratified_by_tumor():
+    ids = [f'P{i:03d}' for i in range(10)]
+    pos = dict(zip(ids, [i % 2 == 1 for i in range(10)]))
+    for seed in range(5):
+        sp = curation.split_cases(ids, seed, 0.2, 0.3, positive=list(pos.values()))
+        assert sorted(sp['test'] + sp['clean'] + sp['pool']) == ids                       # a partition
+        assert (len(sp['test']), len(sp['clean'])) == (3, 2)
+        for part in ('test', 'clean', 'pool'): assert {pos[c] for c in sp[part]} == {True, False}, (seed, part, sp)
+        assert sp == curation.split_cases(ids, seed, 0.2, 0.3, positive=list(pos.values()))   # seeded
+    one_kind = curation.split_cases(ids, 0, 0.2, 0.3, positive=[True] * 10)              # no healthy case: still a split
+    assert sum(map(len, one_kind.values())) == 10
+    with pytest.raises(curation.CurationInputError, match='entries'): curation.split_cases(ids, 0, positive=[True])
+
+
+def test_synthetic_cases_use_trusted_healthy_cases_only(cohort):
+    cases = {c.case_id: c for c in cohort}
+    trusted = {cid: {s: curation.truth_mask(c, s) for s in curation.STRUCTURES} for cid, c in cases.items()}
+    syn = curation.synthetic_cases(cases, trusted, n=2, seed=0)
+    healthy = [cid for cid, c in cases.items() if not curation.truth_mask(c, 'pancreatic_lesion').any()]
+    assert len(syn) == 2 and all(c.case_id.removesuffix('_synthetic') in healthy for c in syn)
+    for c in syn:
+        src = cases[c.case_id.removesuffix('_synthetic')]
+        les = c.masks['pancreatic_lesion']
+        assert les.any() and not curation.truth_mask(src, 'pancreatic_lesion').any()      # the source is unchanged
+        grown = np.zeros_like(les); grown[src.masks['pancreas']] = True
+        from scipy import ndimage
+        assert (les & ndimage.binary_dilation(grown, iterations=1)).sum() >= 0.8 * les.sum()  # the tumor is in the pancreas
+        assert not np.array_equal(c.ct, src.ct)                                          # and painted into the CT
+    assert curation.synthetic_cases(cases, trusted, n=0) == []
+    tumor_only = {cid: lab for cid, lab in trusted.items() if cid not in healthy}
+    assert curation.synthetic_cases(cases, tumor_only, n=3) == []
+
+
+def test_m_step_trains_on_synthetic_tumors(cohort, tmp_path, monkeypatch):
+    seen, real = [], curation._train
+    def spy(cfg, items, steps, d, prev):
+        seen.append([c.case_id for c in items]); return real(cfg, items, steps, d, prev)
+    monkeypatch.setattr(curation, '_train', spy)
+    out = tmp_path / 'syn'
+    curation.run_scalemai_loop(cohort, out, iterations=1, seed=0, synthetic=1, **FAST)
+    for k, ids in enumerate(seen):
+        m = json.loads((out / f'iter_{k:02d}' / 'metrics.json').read_text())
+        assert len(m['synthetic']) == 1 and m['synthetic'][0] in ids
+        split = json.loads((out / 'settings.json').read_text())['split']
+        assert len(ids) == len(set(ids)) == len(split['clean']) + len(split['pool']) + 1   # real cases + one synthetic
+
+
+def test_baselines_train_once_at_the_loops_compute(cohort, tmp_path, monkeypatch):
+    out = tmp_path / 'base'
+    table = curation.baselines(cohort, out, iterations=2, seed=0, **FAST)
+    assert list(table.columns) == curation.BASELINE_COLUMNS and list(table.baseline) == ['clean_only', 'noisy_once']
+    assert table.steps.tolist() == [FAST['init_steps'] + 2 * FAST['finetune_steps']] * 2
+    split = curation.split_cases([c.case_id for c in cohort], 0, 0.2, 0.3,
+                                 positive=[bool(curation.truth_mask(c, 'pancreatic_lesion').any()) for c in cohort])
+    assert table.cases.tolist() == [len(split['clean']), len(split['clean']) + len(split['pool'])]
+    assert (table.reviewer_minutes == 0).all()
+    pd.testing.assert_frame_equal(pd.read_csv(out / 'baselines.csv'), table)
+    with pytest.raises(AbdomenNBError, match='resume'): curation.baselines(cohort, out, iterations=2, seed=0, **FAST)
+    monkeypatch.setattr(curation, '_train', lambda *a, **k: (_ for _ in ()).throw(AssertionError('retrained')))
+    again = curation.baselines(cohort, out, iterations=2, seed=0, resume=True, **FAST)   # finished ones are kept
+    pd.testing.assert_frame_equal(again, table)
+
+
 def test_bad_input(cohort, tmp_path):
     with pytest.raises(curation.CurationInputError, match='at least 5'): curation.run_scalemai_loop(cohort[:3], tmp_path / 'r')
     with pytest.raises(curation.CurationInputError, match='preset'): curation.run_scalemai_loop(cohort, tmp_path / 'r', preset='huge')
@@ -137,14 +200,26 @@ def test_cli_end_to_end(cohort, tmp_path, capsys):
     assert (out / 'curves.csv').read_bytes() == before
 
 
-def test_cli_atlas_loop(cohort, tmp_path):
-    pytest.importorskip('abdomen_nb.atlas')
-    from abdomen_nb import atlas
-    if not hasattr(atlas, 'run_atlas_loop'): pytest.skip('abdomen_nb.atlas has no run_atlas_loop yet')
+def test_cli_synthetic_and_baselines(cohort, tmp_path, capsys):
+    ds = _dataset(cohort[:6], tmp_path / 'ds')
+    out = tmp_path / 'run'
+    assert cli(['curate', str(ds), '--out', str(out), '--iterations', '0', '--synthetic', '1', '--baselines']) == 0
+    assert 'baselines.csv' in capsys.readouterr().out
+    table = pd.read_csv(out / 'baselines' / 'baselines.csv')
+    assert list(table.baseline) == ['clean_only', 'noisy_once']
+    assert json.loads((out / 'settings.json').read_text())['synthetic'] == 1
+    assert len(json.loads((out / 'iter_00' / 'metrics.json').read_text())['synthetic']) == 1
+    assert cli(['curate', str(ds), '--out', str(tmp_path / 'r'), '--synthetic', '-1']) == 1
+
+
+def test_cli_atlas_loop(cohort, tmp_path, capsys):
     ds = _dataset(cohort[:4], tmp_path / 'ds')
     out = tmp_path / 'run'
     assert cli(['curate', str(ds), '--out', str(out), '--loop', 'atlas', '--iterations', '0']) == 0
     assert list(pd.read_csv(out / 'curves.csv').columns) == curation.CURVE_COLUMNS
+    capsys.readouterr()
+    assert cli(['curate', str(ds), '--out', str(tmp_path / 'r2'), '--loop', 'atlas', '--baselines']) == 1
+    assert 'ScaleMAI' in capsys.readouterr().err
 
 
 def test_cli_bad_input(cohort, tmp_path, capsys):
