@@ -14,10 +14,12 @@ it; that is not timed). Target: one volume <= 10 s on 2 cores.
 
     .venv/bin/python benchmarks/bench_text2ct.py [--runs 5] [--threads 2] [--labels-case /tmp/bench_synth/BDMAP_...]
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile
 from pathlib import Path
 
-CLI = str(Path(sys.executable).with_name('abdomen-nb'))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_synth import time_cli   # abdomen-nb ARGS --seed S, timed
+
 TEXT = 'Abdominal CT in the portal venous phase of a 60-year-old woman. There is a 4.0 cm hypoattenuating metastasis in the liver.'
 
 CHILD = r'''
@@ -47,16 +49,6 @@ print(json.dumps(dict(res=res, beyond=vm('VmHWM') - base)))
 '''
 
 
-def time_cli(args, runs, env):
-    walls = []
-    for s in range(runs):
-        t = time.perf_counter()
-        r = subprocess.run([CLI, *args, '--seed', str(s), '--overwrite'], capture_output=True, text=True, env=env)
-        if r.returncode: raise SystemExit(f"abdomen-nb {' '.join(args[:2])} failed:\n{r.stderr}")
-        walls.append(time.perf_counter() - t)
-    return walls
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--runs', type=int, default=5)
@@ -76,11 +68,11 @@ def main(argv=None):
     print(f"peak memory beyond the loaded model: {out['beyond']:.2f} GiB")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     d = Path(tempfile.mkdtemp())
-    walls = time_cli(['text2ct', 'generate', TEXT, '--model', model, '--out', str(d / 'gen')], a.runs, env)
+    walls = time_cli(['text2ct', 'generate', TEXT, '--model', model, '--out', str(d / 'gen'), '--overwrite'], a.runs, env)
     print(f"{'text2ct generate TEXT --model MODEL --out DIR':<58} median {statistics.median(walls):.2f} s wall "
           f"({a.runs} runs; min {min(walls):.2f}, max {max(walls):.2f})")
     if a.labels_case:
-        walls = time_cli(['text2ct', 'generate', TEXT, '--model', model, '--out', str(d / 'gen_l'), '--labels', a.labels_case], a.runs, env)
+        walls = time_cli(['text2ct', 'generate', TEXT, '--model', model, '--out', str(d / 'gen_l'), '--labels', a.labels_case, '--overwrite'], a.runs, env)
         print(f"{'  ... --labels ' + Path(a.labels_case).name:<58} median {statistics.median(walls):.2f} s wall "
               f"({a.runs} runs; min {min(walls):.2f}, max {max(walls):.2f})")
     med = statistics.median(out['res']['text']['walls'])
