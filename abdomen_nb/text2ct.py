@@ -4,7 +4,7 @@
 
 # %% ../nbs/42_text2ct.ipynb #c91e6add
 from __future__ import annotations
-import argparse, copy, hashlib, json, os, re, shutil, sys, tempfile, time
+import argparse, hashlib, json, re, shutil, sys, tempfile, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
@@ -20,11 +20,11 @@ from .textomorph import describe_lesion, model_cache
 
 # %% auto #0
 __all__ = ['LABEL_CLASSES', 'PRESETS', 'NULL_PROMPT', 'PHASE_WORDS', 'OPENERS', 'SEX_WORDS', 'FORMAT', 'TINY_SEEDS',
-           'Text2CTConfig', 'Text2CTError', 'text2ct_config', 'label_map', 'to_grid', 'to_hu', 'grid_affine',
-           'case_facts', 'render_prompt', 'max_tokens', 'check_prompt', 'encode_prompts', 'Text2CT', 'n_params',
-           'training_set', 'train_autoencoder', 'reconstruction_quality', 'train_diffusion', 'sample_latents',
-           'generate', 'save_text2ct', 'load_text2ct', 'train_text2ct', 'pretrained_path', 'pretrained',
-           'write_generated', 'main_text2ct', 'views', 'ViewNet', 'view_features', 'frechet', 'fid_2d',
+           'Text2CTConfig', 'Text2CTError', 'text2ct_config', 'label_map', 'labels_to_grid', 'to_grid', 'to_hu',
+           'grid_affine', 'case_facts', 'render_prompt', 'max_tokens', 'check_prompt', 'encode_prompts', 'Text2CT',
+           'n_params', 'training_set', 'train_autoencoder', 'reconstruction_quality', 'train_diffusion',
+           'sample_latents', 'generate', 'save_text2ct', 'load_text2ct', 'train_text2ct', 'pretrained_path',
+           'pretrained', 'write_generated', 'main_text2ct', 'views', 'ViewNet', 'view_features', 'frechet', 'fid_2d',
            'attribute_agreement']
 
 # %% ../nbs/42_text2ct.ipynb #d28fa306
@@ -86,9 +86,9 @@ def text2ct_config(preset:str='tiny', **overrides) -> Text2CTConfig:
     bad = set(overrides) - set(Text2CTConfig.__dataclass_fields__)
     if bad: raise Text2CTError(f"Unknown settings {sorted(bad)}; known: {sorted(Text2CTConfig.__dataclass_fields__)}.")
     cfg = Text2CTConfig(**{**PRESETS[preset], **overrides, 'preset': preset})
-    f = 2 ** (len(cfg.ae_channels) - 1)
-    if any(s % (f * 2 ** (len(cfg.unet_channels) - 1)) for s in cfg.shape):
-        raise Text2CTError(f"shape {cfg.shape} must be divisible by {f * 2 ** (len(cfg.unet_channels) - 1)} (autoencoder x U-Net down-samplings).")
+    f = 2 ** (len(cfg.ae_channels) - 1 + len(cfg.unet_channels) - 1)   # the autoencoder's and the U-Net's down-samplings
+    if any(s % f for s in cfg.shape):
+        raise Text2CTError(f"shape {cfg.shape} must be divisible by {f} (autoencoder x U-Net down-samplings).")
     return cfg
 
 # %% ../nbs/42_text2ct.ipynb #b51f444e
@@ -96,11 +96,16 @@ _LESION_MASKS = {n for names in LESION_NAMES_OF.values() for n in names}
 
 def label_map(case:CTCase, classes=LABEL_CLASSES) -> np.ndarray:
     "(X, Y, Z) uint8: class i + 1 where the case's mask of `classes[i]` is set (every lesion mask counts as 'lesion')."
+    lesions = [n for n in case.masks if n in _LESION_MASKS or n.endswith('_lesion')]
     out = np.zeros(case.shape, np.uint8)
     for i, c in enumerate(classes, start=1):
-        names = [n for n in case.masks if n in _LESION_MASKS or n.endswith('_lesion')] if c == 'lesion' else [c] if c in case.masks else []
-        for n in names: out[np.asarray(case.masks[n], bool)] = i
+        for n in (lesions if c == 'lesion' else [c] if c in case.masks else []): out[np.asarray(case.masks[n], bool)] = i
     return out
+
+def labels_to_grid(lab:np.ndarray, cfg:Text2CTConfig) -> np.ndarray:
+    "An (X, Y, Z) label map on the config's grid (nearest neighbour), uint8."
+    t = torch.from_numpy(np.asarray(lab, np.uint8))[None, None]
+    return F.interpolate(t, size=tuple(cfg.shape), mode='nearest')[0, 0].numpy().astype(np.uint8)
 
 def to_grid(case:CTCase, cfg:Text2CTConfig) -> tuple[np.ndarray, np.ndarray]:
     "(CT in [-1, 1], label map) of one case on the config's grid: (X, Y, Z) float32 and uint8."
@@ -108,9 +113,7 @@ def to_grid(case:CTCase, cfg:Text2CTConfig) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = cfg.window
     ct = torch.from_numpy(np.clip(np.asarray(case.ct, np.float32), lo, hi))[None, None]
     ct = F.interpolate(ct, size=tuple(cfg.shape), mode='area')[0, 0].numpy()
-    lab = torch.from_numpy(label_map(case, cfg.label_classes))[None, None]
-    lab = F.interpolate(lab, size=tuple(cfg.shape), mode='nearest')[0, 0].numpy().astype(np.uint8)
-    return (2 * (ct - lo) / (hi - lo) - 1).astype(np.float32), lab
+    return (2 * (ct - lo) / (hi - lo) - 1).astype(np.float32), labels_to_grid(label_map(case, cfg.label_classes), cfg)
 
 def to_hu(x, cfg:Text2CTConfig) -> np.ndarray:
     lo, hi = cfg.window
@@ -247,7 +250,9 @@ class Text2CT(torch.nn.Module):
 def n_params(m) -> int: return sum(p.numel() for p in m.parameters())
 
 # %% ../nbs/42_text2ct.ipynb #0fb702b6
-def training_set(cases:list, cfg:Text2CTConfig, prompts:list|None=None, n_prompts:int=4, seed:int=0) -> dict:
+def training_set(cases:list, cfg:Text2CTConfig,
+                 prompts:list|None=None, # per case: a text, a list of texts, or None (written from its truth)
+                 n_prompts:int=4, seed:int=0) -> dict:
     "x (N, 1, X, Y, Z) in [-1, 1], labels (N, X, Y, Z) uint8 and texts (N lists of prompts) from cases."
     if not cases: raise Text2CTError("No training cases.")
     if prompts is not None and len(prompts) != len(cases):
@@ -256,8 +261,8 @@ def training_set(cases:list, cfg:Text2CTConfig, prompts:list|None=None, n_prompt
     for i, c in enumerate(cases):
         x, lab = to_grid(c, cfg)
         xs.append(x); labs.append(lab)
-        if prompts is not None: p = prompts[i] if isinstance(prompts[i], list) else [prompts[i]]
-        else:
+        if prompts is not None and prompts[i] is not None: p = prompts[i] if isinstance(prompts[i], list) else [prompts[i]]
+        else:   # the case's own truth, paraphrased
             f, rng = case_facts(c), np.random.default_rng([seed, i])
             p = [render_prompt(f, rng) for _ in range(n_prompts)]
         texts.append([check_prompt(t, cfg) for t in p])
@@ -265,6 +270,11 @@ def training_set(cases:list, cfg:Text2CTConfig, prompts:list|None=None, n_prompt
 
 # %% ../nbs/42_text2ct.ipynb #6770f0d4
 def _gen(cfg, salt) -> torch.Generator: return torch.Generator().manual_seed(int(cfg.seed) * 1000 + salt)
+
+@torch.no_grad()
+def _latent_means(model, x:torch.Tensor) -> torch.Tensor:
+    "The encoder's means of volumes `x`, unscaled, four at a time."
+    return torch.cat([model.ae.encode(x[i:i + 4])[0] for i in range(0, len(x), 4)])
 
 def train_autoencoder(model:Text2CT, x:torch.Tensor, steps:int|None=None, progress:bool=False) -> list:
     "Stage 1: L1 + kl_weight x KL on random batches of `x`; the latent scale is set from the trained encoder."
@@ -281,7 +291,7 @@ def train_autoencoder(model:Text2CT, x:torch.Tensor, steps:int|None=None, progre
         losses.append(loss.item())
         if progress and s % 50 == 0: print(f'ae step {s}: {losses[-1]:.4f}', file=sys.stderr)
     model.ae.eval()
-    with torch.no_grad(): model.latent_scale.fill_(1.0 / float(torch.cat([model.ae.encode(x[i:i + 4])[0] for i in range(0, len(x), 4)]).std()))
+    model.latent_scale.fill_(1.0 / float(_latent_means(model, x).std()))
     model.history['ae'] += losses
     return losses
 
@@ -295,11 +305,12 @@ def reconstruction_quality(model:Text2CT, cases:list) -> dict:
     for c in cases:
         x, lab = to_grid(c, cfg)
         with torch.no_grad(): r = model.decode(model.encode(torch.from_numpy(x)[None, None]))[0, 0].clamp(-1, 1).numpy()
-        a, b = torch.from_numpy(to_hu(x, cfg))[None, None], torch.from_numpy(to_hu(r, cfg))[None, None]
+        hx, hr = to_hu(x, cfg), to_hu(r, cfg)
+        a, b = torch.from_numpy(hx)[None, None], torch.from_numpy(hr)[None, None]
         p.append(float(psnr(b, a).mean())); s.append(float(ssim(b, a).mean()))
         for i, o in enumerate(cfg.label_classes[:-1], start=1):
             m = lab == i
-            if m.sum() >= 2: err.setdefault(o, []).append(float(abs(to_hu(r, cfg)[m].mean() - to_hu(x, cfg)[m].mean())))
+            if m.sum() >= 2: err.setdefault(o, []).append(float(abs(hr[m].mean() - hx[m].mean())))
     return dict(psnr_db=float(np.mean(p)), ssim=float(np.mean(s)), organ_mean_hu_error={o: float(np.mean(v)) for o, v in err.items()})
 
 # %% ../nbs/42_text2ct.ipynb #c17f4d48
@@ -307,7 +318,7 @@ def train_diffusion(model:Text2CT, data:dict, steps:int|None=None, progress:bool
     "Stage 2: denoising (the config's prediction target) on the (frozen) autoencoder's latents, conditioned on prompts and label maps."
     cfg, g = model.cfg, _gen(model.cfg, 2)
     torch.manual_seed(cfg.seed + 1)
-    with torch.no_grad(): z = torch.cat([model.encode(data['x'][i:i + 4]) for i in range(0, len(data['x']), 4)])
+    z = _latent_means(model, data['x']) * model.latent_scale
     lab_all = model.label_channels(data['labels'], len(z))
     flat = [(i, t) for i, ts in enumerate(data['texts']) for t in ts]
     ctx_all = encode_prompts([t for _, t in flat], cfg)
@@ -355,14 +366,13 @@ def sample_latents(model:Text2CT, context:torch.Tensor, labels_ch:torch.Tensor, 
     return x
 
 def _labels_on_grid(labels, cfg) -> tuple[np.ndarray, CTCase|None]:
-    if isinstance(labels, CTCase): return to_grid(labels, cfg)[1], labels
+    if isinstance(labels, CTCase): return labels_to_grid(label_map(labels, cfg.label_classes), cfg), labels   # the masks only, not the CT
     lab = np.asarray(labels)
     if lab.ndim != 3 or not np.issubdtype(lab.dtype, np.integer):
         raise Text2CTError(f"A label map is an (X, Y, Z) integer array or a CTCase with masks; got {lab.dtype} {lab.shape}.")
     if lab.min() < 0 or lab.max() > len(cfg.label_classes):
         raise Text2CTError(f"Label values must be 0..{len(cfg.label_classes)} ({', '.join(cfg.label_classes)}); got {lab.min()}..{lab.max()}.")
-    t = torch.from_numpy(lab.astype(np.uint8))[None, None]
-    return F.interpolate(t, size=tuple(cfg.shape), mode='nearest')[0, 0].numpy(), None
+    return labels_to_grid(lab, cfg), None
 
 def _model(model) -> Text2CT:
     if model is None: return pretrained()
@@ -461,7 +471,7 @@ def write_generated(case:CTCase, out, overwrite:bool=False) -> Path:
     return out
 
 # %% ../nbs/42_text2ct.ipynb #7a0d68da
-def _dataset_cases(root) -> tuple[list, list|None]:
+def _dataset_cases(root) -> tuple[list, list]:
     ds = AtlasDataset(root)
     if not len(ds): raise Text2CTError(f"{root} holds no AbdomenAtlas case folders (BDMAP_xxx/ct.nii.gz).")
     cases, prompts = [], []
@@ -471,9 +481,7 @@ def _dataset_cases(root) -> tuple[list, list|None]:
         elif (d / 'prompt.txt').exists(): prompts.append((d / 'prompt.txt').read_text().strip())
         else: raise Text2CTError(f"Case {cid} has neither truth.json nor prompt.txt: write its description into {d / 'prompt.txt'}.")
         cases.append(c)
-    if all(p is None for p in prompts): return cases, None
-    rng = np.random.default_rng(0)
-    return cases, [p if p is not None else [render_prompt(case_facts(c), rng) for _ in range(4)] for c, p in zip(cases, prompts)]
+    return cases, prompts   # None: `training_set` writes that case's prompts from its truth
 
 def main_text2ct(argv) -> int:
     "`abdomen-nb text2ct train DATASET --out MODEL [--preset P]` | `generate TEXT --model MODEL --out DIR [...]`."
@@ -510,7 +518,7 @@ def main_text2ct(argv) -> int:
     return 0
 
 # %% ../nbs/42_text2ct.ipynb #74272ca3
-def views(vol:np.ndarray, every:int=4) -> np.ndarray:
+def views(vol:np.ndarray, every:int=4) -> torch.Tensor:
     "(N, 1, a, b) 2D slices of a grid volume along all three axes, one in `every`."
     v = torch.as_tensor(np.asarray(vol, np.float32))
     out = [v[i][None] for i in range(0, v.shape[0], every)] + [v[:, i][None] for i in range(0, v.shape[1], every)] + \
@@ -534,7 +542,7 @@ def view_features(x:torch.Tensor, labels:np.ndarray, n_classes:int, steps:int=20
     xs = torch.cat([views(v[0]) for v in x])
     ys = torch.cat([torch.stack([(views(torch.from_numpy((l == k).astype(np.float32))).amax((1, 2, 3)) > 0) for k in range(1, n_classes + 1)], 1)
                     for l in labels]).float()
-    net, opt = ViewNet(n_classes), None
+    net = ViewNet(n_classes)
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     for _ in range(steps):
         i = torch.randint(len(xs), (64,), generator=g)

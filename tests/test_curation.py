@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 
 from abdomen_nb import curation
 from abdomen_nb.core import AbdomenNBError, dice, read_nifti, write_case, write_json
@@ -127,7 +128,6 @@ def test_synthetic_cases_use_trusted_healthy_cases_only(cohort):
         les = c.masks['pancreatic_lesion']
         assert les.any() and not curation.truth_mask(src, 'pancreatic_lesion').any()      # the source is unchanged
         grown = np.zeros_like(les); grown[src.masks['pancreas']] = True
-        from scipy import ndimage
         assert (les & ndimage.binary_dilation(grown, iterations=1)).sum() >= 0.8 * les.sum()  # the tumor is in the pancreas
         assert not np.array_equal(c.ct, src.ct)                                          # and painted into the CT
     assert curation.synthetic_cases(cases, trusted, n=0) == []
