@@ -233,7 +233,7 @@ class Text2CT(torch.nn.Module):
     def decode(self, z:torch.Tensor) -> torch.Tensor: return self.ae.decode(z / self.latent_scale)
 
     def label_channels(self, labels, n:int) -> torch.Tensor:
-        "(n, classes, *latent grid) class fractions of (n, X, Y, Z) integer label maps; zeros for None."
+        "(n, classes, x, y, z) class fractions, on the latent grid, of (n, X, Y, Z) integer label maps; zeros for None."
         C, grid = len(self.cfg.label_classes), self.cfg.latent_shape[1:]
         if labels is None: return torch.zeros(n, C, *grid)
         lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -347,7 +347,7 @@ def train_diffusion(model:Text2CT, data:dict, steps:int|None=None, progress:bool
 @torch.no_grad()
 def sample_latents(model:Text2CT, context:torch.Tensor, labels_ch:torch.Tensor, seed:int=0, guidance:float|None=None,
                    steps:int|None=None) -> torch.Tensor:
-    "DDIM sampling of (B, *latent_shape) latents with classifier-free guidance `guidance` (0: the text is ignored)."
+    "DDIM sampling of B latents (each of `cfg.latent_shape`) with classifier-free guidance of scale `guidance` (0: the text is ignored)."
     cfg = model.cfg
     ddim = DDIMScheduler(num_train_timesteps=cfg.timesteps, schedule=cfg.schedule, clip_sample=False, prediction_type=cfg.prediction)
     ddim.set_timesteps(int(steps or cfg.ddim_steps))
