@@ -4,28 +4,33 @@
 
 # %% ../nbs/42_text2ct.ipynb #c91e6add
 from __future__ import annotations
-import argparse, hashlib, json, re, shutil, sys, tempfile, time
+import argparse, hashlib, itertools, json, re, shutil, sys, tempfile, time, warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-from .core import (AbdomenNBError, AtlasDataset, CTCase, MissingFileError, OutputExistsError, read_case,
-                             write_case, write_json)
-from .phantom import make_case
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
+from .core import (LESION_UNIONS, AbdomenNBError, AtlasDataset, CTCase, MissingFileError, OutputExistsError, dice,
+                             read_case, write_case, write_json)
+from .measure import ORGAN_RULES, MeasurementWarning, measure_case, phase_of
+from .phantom import PHASES, make_case
+from .seg import predict, seg_config, train as train_seg
 from .synth import LESION_NAMES_OF, sentence_encoder
 from .textomorph import describe_lesion, model_cache
 
 # %% auto #0
-__all__ = ['LABEL_CLASSES', 'PRESETS', 'NULL_PROMPT', 'PHASE_WORDS', 'OPENERS', 'SEX_WORDS', 'FORMAT', 'TINY_SEEDS',
-           'Text2CTConfig', 'Text2CTError', 'text2ct_config', 'label_map', 'labels_to_grid', 'to_grid', 'to_hu',
-           'grid_affine', 'case_facts', 'render_prompt', 'max_tokens', 'check_prompt', 'encode_prompts', 'Text2CT',
-           'n_params', 'training_set', 'train_autoencoder', 'reconstruction_quality', 'train_diffusion',
-           'sample_latents', 'generate', 'save_text2ct', 'load_text2ct', 'train_text2ct', 'pretrained_path',
-           'pretrained', 'write_generated', 'main_text2ct', 'views', 'ViewNet', 'view_features', 'frechet', 'fid_2d',
-           'attribute_agreement']
+__all__ = ['LABEL_CLASSES', 'PRESETS', 'NULL_PROMPT', 'PHASE_WORDS', 'OPENERS', 'SEX_WORDS', 'COHORT_TUMOR', 'FORMAT',
+           'TINY_SEEDS', 'JUDGE_CLASSES', 'SIZE_BANDS_CM', 'Text2CTConfig', 'Text2CTError', 'text2ct_config',
+           'label_map', 'onto_grid', 'labels_to_grid', 'to_grid', 'to_hu', 'grid_affine', 'case_facts', 'render_prompt',
+           'max_tokens', 'check_prompt', 'encode_prompts', 'Text2CT', 'n_params', 'cohort_design', 'cohort',
+           'training_set', 'train_autoencoder', 'reconstruction_quality', 'train_diffusion', 'sample_latents',
+           'generate', 'save_text2ct', 'load_text2ct', 'train_text2ct', 'pretrained_path', 'pretrained',
+           'write_generated', 'main_text2ct', 'views', 'ViewNet', 'view_features', 'frechet', 'fid_2d', 'grid_case',
+           'train_judge', 'size_band', 'judge_volume', 'agreement_prompts', 'phase_threshold', 'read_attributes',
+           'agreement_table', 'conditioning_dice']
 
 # %% ../nbs/42_text2ct.ipynb #d28fa306
 LABEL_CLASSES = ('liver', 'spleen', 'kidney_left', 'kidney_right', 'pancreas', 'stomach', 'aorta', 'postcava',
@@ -35,7 +40,7 @@ LABEL_CLASSES = ('liver', 'spleen', 'kidney_left', 'kidney_right', 'pancreas', '
 class Text2CTConfig:
     preset: str = 'tiny'
     shape: tuple = (32, 32, 32)            # the generated grid (voxels)
-    extent_mm: tuple = (330., 330., 300.)  # its field of view (the phantom's): spacing = extent / shape
+    extent_mm: tuple = (360., 360., 288.)  # its field of view: spacing = extent / shape, the same for every case
     window: tuple = (-1000., 1000.)        # HU mapped to [-1, 1]
     ae_channels: tuple = (8, 16, 16)       # two down-samplings: 4x compression per axis
     latent_channels: int = 4
@@ -48,9 +53,10 @@ class Text2CTConfig:
     text_dim: int = 384
     label_classes: tuple = LABEL_CLASSES
     timesteps: int = 1000
-    schedule: str = 'scaled_linear_beta'
-    prediction: str = 'sample'             # what the U-Net predicts: 'sample' (the clean latent), 'epsilon' or 'v_prediction'
-    ddim_steps: int = 25
+    scheduler: str = 'ddpm'                # 'ddpm' (DDPM training, DDIM sampling) or 'rflow' (rectified flow, MONAI's RFlowScheduler)
+    schedule: str = 'scaled_linear_beta'   # DDPM's beta schedule
+    prediction: str = 'sample'             # DDPM: what the U-Net predicts: 'sample' (the clean latent), 'epsilon' or 'v_prediction'
+    ddim_steps: int = 25                   # sampling steps (DDIM, or the rectified flow's Euler steps)
     guidance: float = 3.0                  # classifier-free guidance scale at sampling
     cond_drop: float = 0.15                # share of training samples with the null prompt
     label_drop: float = 0.5                # share trained without the label map (one model for both uses)
@@ -75,7 +81,7 @@ PRESETS = {
     'published': dict(shape=(256, 256, 128), extent_mm=(384., 384., 192.), ae_channels=(64, 128, 256),
                       unet_channels=(128, 256, 512), attention_levels=(False, True, True), num_head_channels=32,
                       ae_groups=32, unet_groups=32, ae_steps=100_000, ldm_steps=200_000, ae_batch=1, ldm_batch=1,
-                      ae_lr=1e-4, ldm_lr=1e-4, ddim_steps=50, prediction='epsilon'),
+                      ae_lr=1e-4, ldm_lr=1e-4, ddim_steps=30, scheduler='rflow'),
 }
 
 class Text2CTError(AbdomenNBError, ValueError): pass
@@ -86,6 +92,9 @@ def text2ct_config(preset:str='tiny', **overrides) -> Text2CTConfig:
     bad = set(overrides) - set(Text2CTConfig.__dataclass_fields__)
     if bad: raise Text2CTError(f"Unknown settings {sorted(bad)}; known: {sorted(Text2CTConfig.__dataclass_fields__)}.")
     cfg = Text2CTConfig(**{**PRESETS[preset], **overrides, 'preset': preset})
+    if cfg.scheduler not in ('ddpm', 'rflow'): raise Text2CTError(f"scheduler must be 'ddpm' or 'rflow', not {cfg.scheduler!r}.")
+    if cfg.prediction not in ('sample', 'epsilon', 'v_prediction'):
+        raise Text2CTError(f"prediction must be 'sample', 'epsilon' or 'v_prediction', not {cfg.prediction!r}.")
     f = 2 ** (len(cfg.ae_channels) - 1 + len(cfg.unet_channels) - 1)   # the autoencoder's and the U-Net's down-samplings
     if any(s % f for s in cfg.shape):
         raise Text2CTError(f"shape {cfg.shape} must be divisible by {f} (autoencoder x U-Net down-samplings).")
@@ -102,33 +111,54 @@ def label_map(case:CTCase, classes=LABEL_CLASSES) -> np.ndarray:
         for n in (lesions if c == 'lesion' else [c] if c in case.masks else []): out[np.asarray(case.masks[n], bool)] = i
     return out
 
+def _geometry(case:CTCase, cfg:Text2CTConfig) -> tuple[np.ndarray, np.ndarray]:
+    "Per axis: the case's size resampled to the grid's spacing, and how many of those voxels are cropped (> 0) or padded (< 0) before the grid starts."
+    if min(case.shape) < 2: raise Text2CTError(f"Case {case.case_id!r} has shape {case.shape}; a CT volume needs at least 2 voxels per axis.")
+    size = np.maximum(1, np.round(np.array(case.shape) * np.array(case.spacing) / np.array(cfg.spacing))).astype(int)
+    return size, (size - np.array(cfg.shape)) // 2
+
+def onto_grid(arr:np.ndarray, case:CTCase, cfg:Text2CTConfig, labels:bool=False, fill:float=0.0) -> np.ndarray:
+    "An array on `case`'s voxels on the config's grid: resampled to its spacing (area average; nearest for `labels`), centred, cropped or padded with `fill`."
+    size, off = _geometry(case, cfg)
+    t = torch.from_numpy(np.ascontiguousarray(arr, np.uint8 if labels else np.float32))[None, None]
+    r = F.interpolate(t, size=tuple(int(s) for s in size), mode='nearest' if labels else 'area')[0, 0]
+    out = torch.full(tuple(cfg.shape), 0 if labels else fill, dtype=r.dtype)
+    src, dst = [], []
+    for n, o, m in zip(size, off, cfg.shape):
+        a, b = max(o, 0), max(-o, 0); k = min(n - a, m - b)
+        src.append(slice(a, a + k)); dst.append(slice(b, b + k))
+    out[tuple(dst)] = r[tuple(src)]
+    return out.numpy()
+
 def labels_to_grid(lab:np.ndarray, cfg:Text2CTConfig) -> np.ndarray:
-    "An (X, Y, Z) label map on the config's grid (nearest neighbour), uint8."
+    "An (X, Y, Z) label map with no geometry of its own stretched to the config's grid (nearest neighbour), uint8."
     t = torch.from_numpy(np.asarray(lab, np.uint8))[None, None]
     return F.interpolate(t, size=tuple(cfg.shape), mode='nearest')[0, 0].numpy().astype(np.uint8)
 
 def to_grid(case:CTCase, cfg:Text2CTConfig) -> tuple[np.ndarray, np.ndarray]:
-    "(CT in [-1, 1], label map) of one case on the config's grid: (X, Y, Z) float32 and uint8."
-    if min(case.shape) < 2: raise Text2CTError(f"Case {case.case_id!r} has shape {case.shape}; a CT volume needs at least 2 voxels per axis.")
+    "(CT in [-1, 1], label map) of one case on the config's grid, same spacing for every case: (X, Y, Z) float32 and uint8."
     lo, hi = cfg.window
-    ct = torch.from_numpy(np.clip(np.asarray(case.ct, np.float32), lo, hi))[None, None]
-    ct = F.interpolate(ct, size=tuple(cfg.shape), mode='area')[0, 0].numpy()
-    return (2 * (ct - lo) / (hi - lo) - 1).astype(np.float32), labels_to_grid(label_map(case, cfg.label_classes), cfg)
+    ct = onto_grid(np.clip(np.asarray(case.ct, np.float32), lo, hi), case, cfg, fill=lo)
+    return (2 * (ct - lo) / (hi - lo) - 1).astype(np.float32), onto_grid(label_map(case, cfg.label_classes), case, cfg, labels=True)
 
 def to_hu(x, cfg:Text2CTConfig) -> np.ndarray:
     lo, hi = cfg.window
     return ((np.asarray(x, np.float32) + 1) / 2 * (hi - lo) + lo).astype(np.float32)
 
 def grid_affine(cfg:Text2CTConfig, like:CTCase|None=None) -> np.ndarray:
-    "The generated volume's affine: `like`'s orientation and origin with the grid's spacing, else RAS+ diagonal."
+    "The grid's affine: where `onto_grid` put `like`'s voxels (its orientation, centred on it), else RAS+ diagonal at the grid's spacing."
     if like is None: return np.diag([*cfg.spacing, 1.0])
+    size, off = _geometry(like, cfg)
+    scale = np.array(like.shape, float) / size          # case voxels per grid voxel (the grid's spacing, up to rounding)
     a = np.array(like.affine, float)
-    a[:3, :3] = a[:3, :3] * (np.array(like.shape, float) / np.array(cfg.shape, float))[None, :]
-    return a
+    out = a.copy()
+    out[:3, :3] = a[:3, :3] * scale[None, :]
+    out[:3, 3] = a[:3, :3] @ ((off + 0.5) * scale - 0.5) + a[:3, 3]
+    return out
 
 # %% ../nbs/42_text2ct.ipynb #51531b65
 NULL_PROMPT = ''
-PHASE_WORDS = {'arterial': ['arterial phase', 'late arterial phase'], 'venous': ['portal venous phase', 'venous phase'],
+PHASE_WORDS = {'arterial': ['arterial phase', 'late arterial phase'], 'portal venous': ['portal venous phase', 'venous phase'],
                'non-contrast': ['non-contrast phase', 'unenhanced phase'], 'delayed': ['delayed phase']}
 OPENERS = ['CT of the abdomen', 'Abdominal CT', 'Contrast CT of the abdomen and pelvis', 'CT scan of the abdomen']
 SEX_WORDS = {'F': ['woman', 'female patient'], 'M': ['man', 'male patient']}
@@ -140,7 +170,8 @@ def case_facts(case:CTCase) -> dict:
                                  "from; pass prompts=[...] with one text per case instead.")
     d = t.get('demographics', {})
     org = t.get('organs', {})
-    return dict(sex=d.get('sex'), age=d.get('age'), phase=str(t.get('phase', '')).replace('_', '-'),
+    ph = phase_of(t) or ''
+    return dict(sex=d.get('sex'), age=d.get('age'), phase='portal venous' if ph in ('venous', 'portal-venous', 'pv') else ph,
                 enlarged=[o for o in ('liver', 'spleen') if org.get(o, {}).get('enlarged')],
                 lesions=[describe_lesion(l).rstrip('.') for l in t.get('lesions', [])])
 
@@ -243,13 +274,32 @@ class Text2CT(torch.nn.Module):
     def forward(self, z_t, t, labels_ch, context) -> torch.Tensor:
         return self.unet(torch.cat([z_t, labels_ch], 1), timesteps=t, context=context)
 
-    def scheduler(self) -> DDPMScheduler:
-        return DDPMScheduler(num_train_timesteps=self.cfg.timesteps, schedule=self.cfg.schedule, clip_sample=False,
-                             prediction_type=self.cfg.prediction)
+    def scheduler(self, sampling:bool=False):
+        "The training scheduler (DDPM or rectified flow); with `sampling`, the one that samples (DDIM or rectified flow)."
+        c = self.cfg
+        if c.scheduler == 'rflow': return RFlowScheduler(num_train_timesteps=c.timesteps, use_discrete_timesteps=True, sample_method='uniform')
+        kind = DDIMScheduler if sampling else DDPMScheduler
+        return kind(num_train_timesteps=c.timesteps, schedule=c.schedule, clip_sample=False, prediction_type=c.prediction)
 
 def n_params(m) -> int: return sum(p.numel() for p in m.parameters())
 
 # %% ../nbs/42_text2ct.ipynb #0fb702b6
+COHORT_TUMOR = {'organ': 'liver', 'type': 'metastasis'}
+
+def cohort_design(i:int) -> dict:
+    "The i-th case of the balanced design: phase, liver metastasis or not, enlarged spleen or not."
+    j = i % 8
+    return dict(phase=PHASES[j % 4], tumor=bool((j // 4) % 2), enlarged_spleen=bool((j + j // 4 + i // 8) % 2))
+
+def cohort(seeds, size='mini') -> list:
+    "Phantoms by `cohort_design` (the i-th seed gets the i-th design), each with its truth for the prompts."
+    out = []
+    for i, s in enumerate(seeds):
+        d = cohort_design(i)
+        out.append(make_case(s, size=size, phase=d['phase'], tumors=[dict(COHORT_TUMOR)] if d['tumor'] else 'none',
+                             patient={'enlarged': ['spleen'] if d['enlarged_spleen'] else []}))
+    return out
+
 def training_set(cases:list, cfg:Text2CTConfig,
                  prompts:list|None=None, # per case: a text, a list of texts, or None (written from its truth)
                  n_prompts:int=4, seed:int=0) -> dict:
@@ -333,8 +383,10 @@ def train_diffusion(model:Text2CT, data:dict, steps:int|None=None, progress:bool
         lab = lab_all[idx] * (torch.rand(len(idx), 1, 1, 1, 1, generator=g) >= cfg.label_drop)
         noise = torch.randn(z[idx].shape, generator=g)
         t = torch.randint(0, cfg.timesteps, (len(idx),), generator=g)
-        target = {'epsilon': noise, 'sample': z[idx]}.get(cfg.prediction)
-        if target is None: target = sched.get_velocity(z[idx], noise, t)
+        if cfg.scheduler == 'rflow': target = z[idx] - noise     # the flow's velocity from noise to data
+        else:
+            target = {'epsilon': noise, 'sample': z[idx]}.get(cfg.prediction)
+            if target is None: target = sched.get_velocity(z[idx], noise, t)
         loss = F.mse_loss(model(sched.add_noise(z[idx], noise, t), t, lab, ctx), target)
         opt.zero_grad(); loss.backward(); opt.step()
         losses.append(loss.item())
@@ -347,26 +399,28 @@ def train_diffusion(model:Text2CT, data:dict, steps:int|None=None, progress:bool
 @torch.no_grad()
 def sample_latents(model:Text2CT, context:torch.Tensor, labels_ch:torch.Tensor, seed:int=0, guidance:float|None=None,
                    steps:int|None=None) -> torch.Tensor:
-    "DDIM sampling of B latents (each of `cfg.latent_shape`) with classifier-free guidance of scale `guidance` (0: the text is ignored)."
+    "DDIM (or rectified-flow) sampling of B latents (each of `cfg.latent_shape`) with classifier-free guidance of scale `guidance` (0: the text is ignored)."
     cfg = model.cfg
-    ddim = DDIMScheduler(num_train_timesteps=cfg.timesteps, schedule=cfg.schedule, clip_sample=False, prediction_type=cfg.prediction)
-    ddim.set_timesteps(int(steps or cfg.ddim_steps))
+    sched = model.scheduler(sampling=True)
+    sched.set_timesteps(int(steps or cfg.ddim_steps))
+    ts = [int(t) for t in sched.timesteps]
     g = torch.Generator().manual_seed(int(seed))
     x = torch.randn((len(context), *cfg.latent_shape), generator=g)
     w = float(cfg.guidance if guidance is None else guidance)
     null = torch.zeros_like(context)
-    for t in ddim.timesteps:
-        tt = torch.full((len(x),), int(t), dtype=torch.long)
+    for k, t in enumerate(ts):
+        tt = torch.full((len(x),), t, dtype=torch.long)
         if w == 0: eps = model(x, tt, labels_ch, null)
         elif w == 1: eps = model(x, tt, labels_ch, context)
         else:
             both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels_ch, labels_ch]), torch.cat([context, null]))
             eps = both[len(x):] + w * (both[:len(x)] - both[len(x):])
-        x, _ = ddim.step(eps, int(t), x, 0.0, g)
+        if cfg.scheduler == 'rflow': x, _ = sched.step(eps, t, x, ts[k + 1] if k + 1 < len(ts) else 0)   # an Euler step of the flow
+        else: x, _ = sched.step(eps, t, x, 0.0, g)
     return x
 
 def _labels_on_grid(labels, cfg) -> tuple[np.ndarray, CTCase|None]:
-    if isinstance(labels, CTCase): return labels_to_grid(label_map(labels, cfg.label_classes), cfg), labels   # the masks only, not the CT
+    if isinstance(labels, CTCase): return onto_grid(label_map(labels, cfg.label_classes), labels, cfg, labels=True), labels   # the masks only, not the CT
     lab = np.asarray(labels)
     if lab.ndim != 3 or not np.issubdtype(lab.dtype, np.integer):
         raise Text2CTError(f"A label map is an (X, Y, Z) integer array or a CTCase with masks; got {lab.dtype} {lab.shape}.")
@@ -443,7 +497,7 @@ def train_text2ct(cases:list, cfg:Text2CTConfig|None=None, prompts:list|None=Non
 
 def pretrained_path(cfg:Text2CTConfig|None=None) -> Path:
     cfg = cfg or text2ct_config()
-    key = hashlib.sha1(json.dumps([FORMAT, asdict(cfg), TINY_SEEDS], sort_keys=True).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([FORMAT, asdict(cfg), TINY_SEEDS, [cohort_design(i) for i in range(8)]], sort_keys=True).encode()).hexdigest()[:10]
     return model_cache() / f'text2ct_{cfg.preset}_{key}'
 
 def pretrained(progress:bool=False) -> Text2CT:
@@ -456,7 +510,7 @@ def pretrained(progress:bool=False) -> Text2CT:
             except ImportError: pass
             if not (path / 'config.json').exists():
                 print(f"Training the default Text2CT model once (about a minute on 2 CPU cores); it is cached in {path}.", file=sys.stderr)
-                cases = [make_case(s, size='mini', tumors=[{'organ': 'liver', 'type': 'metastasis'}] if s % 2 else 'none') for s in TINY_SEEDS]
+                cases = cohort(TINY_SEEDS)
                 save_text2ct(train_text2ct(cases, progress=progress), path, overwrite=True)
     return load_text2ct(path)
 
@@ -565,17 +619,88 @@ def fid_2d(net:ViewNet, vols_a:list, vols_b:list) -> float:
         f = lambda vs: torch.cat([net.features(views(v)) for v in vs]).numpy().astype(np.float64)
         return frechet(f(vols_a), f(vols_b))
 
-# %% ../nbs/42_text2ct.ipynb #a99b4aa9
-def attribute_agreement(model:Text2CT, anatomies:list, # label maps on the grid
-                        a_text:str, b_text:str, # b should measure higher than a
-                        measure, # (hu volume, label map) -> float
-                        seeds=(0, 1), rng_seed:int=0) -> dict:
-    "Share of (anatomy, seed) pairs where `b_text`'s volume measures higher than `a_text`'s; a coin-flip baseline beside it."
-    d = []
-    for lab in anatomies:
-        for s in seeds:
-            va, vb = (generate(t, model, seed=s, labels=lab).ct for t in (a_text, b_text))
-            d.append(measure(vb, lab) - measure(va, lab))
-    d = np.asarray(d)
-    coin = np.random.default_rng(rng_seed).choice([-1, 1], size=(2000, len(d)))
-    return dict(pairs=len(d), agreement=float(np.mean(d > 0)), random_text=float(np.mean((coin * d) > 0)), mean_difference=float(d.mean()))
+# %% ../nbs/42_text2ct.ipynb #13063c51
+JUDGE_CLASSES = ['liver', 'spleen', 'kidney_left', 'kidney_right', 'pancreas', 'stomach', 'aorta', 'postcava',
+                 'gall_bladder', 'liver_lesion', 'pancreatic_lesion', 'kidney_lesion']
+
+def grid_case(case:CTCase, cfg:Text2CTConfig) -> CTCase:
+    "`case` on the generator's grid: CT in HU (area-averaged), the organ and lesion-union masks (nearest), its meta."
+    x, lab = to_grid(case, cfg)
+    masks = {c: lab == i for i, c in enumerate(cfg.label_classes, start=1) if c in JUDGE_CLASSES and (lab == i).any()}
+    for u in LESION_UNIONS:
+        if u in case.masks: masks[u] = onto_grid(np.asarray(case.masks[u], np.uint8), case, cfg, labels=True).astype(bool)
+    meta = {k: v for k, v in case.meta.items() if k != 'truth'}
+    return CTCase(to_hu(x, cfg), grid_affine(cfg, case), masks, {}, meta)
+
+def train_judge(cases:list, cfg:Text2CTConfig, iterations:int=300, seed:int=0) -> torch.nn.Module:
+    "Chapter 10's tiny U-Net, trained on `cases` brought to the generator's grid (its spacing; the whole volume is one crop)."
+    scfg = seg_config('tiny', classes=list(JUDGE_CLASSES), spacing=tuple(cfg.spacing), roi=tuple(cfg.shape),
+                      iterations=iterations, val_every=iterations, augment=False, seed=seed)
+    return train_seg(scfg, [grid_case(c, cfg) for c in cases], progress=False)
+
+# %% ../nbs/42_text2ct.ipynb #96d211de
+SIZE_BANDS_CM = (2.0, 5.0)   # lesion size bands: < 2 cm, 2-5 cm, > 5 cm
+
+def size_band(cm:float) -> str:
+    lo, hi = SIZE_BANDS_CM
+    return f'< {lo:g} cm' if cm < lo else f'{lo:g}-{hi:g} cm' if cm <= hi else f'> {hi:g} cm'
+
+def judge_volume(case:CTCase, judge:torch.nn.Module, min_organ_cm3:float=5.0) -> dict:
+    "Segment a (generated) volume with `judge` and measure it: organs found, spleen, liver lesions, aorta HU."
+    pred = predict(case, judge)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', MeasurementWarning)
+        m = measure_case(pred, spacing=2.0)
+    vol = lambda o: m['organs'].get(o, {}).get('measured_volume_cm3', 0.0) or 0.0
+    spleen = vol('spleen')
+    liver_les = sorted((l['longest_diameter_mm'] / 10 for l in m['lesions'] if l['organ'] == 'liver'), reverse=True)
+    aorta = pred.masks.get('aorta')
+    return dict(organs_found=all(vol(o) >= min_organ_cm3 for o in ('liver', 'spleen', 'kidney_left', 'kidney_right')),
+                spleen_cm3=spleen, spleen_enlarged=spleen > ORGAN_RULES['spleen']['enlarged_cm3'],
+                liver_lesion=bool(liver_les), liver_lesion_cm=liver_les[0] if liver_les else None,
+                aorta_hu=float(case.ct[aorta].mean()) if aorta is not None and aorta.any() else float('nan'), masks=pred.masks)
+
+# %% ../nbs/42_text2ct.ipynb #942476f1
+def agreement_prompts(sizes_cm=(1.5, 6.0), seed:int=0) -> list:
+    "Prompts of phase (non-contrast / arterial) x spleen (normal / enlarged) x liver metastasis (none / each size), with their facts."
+    out = []
+    for k, (ph, big, cm) in enumerate(itertools.product(('non-contrast', 'arterial'), (False, True), (None, *sizes_cm))):
+        les = [] if cm is None else [f'A {cm:.1f} cm hypoattenuating metastasis in the liver']
+        facts = dict(sex=None, age=None, phase=ph, enlarged=['spleen'] if big else [], lesions=les)
+        out.append(dict(phase=ph, enlarged_spleen=big, liver_lesion=cm is not None, size_band=None if cm is None else size_band(cm),
+                        text=render_prompt(facts, np.random.default_rng([seed, k]), drop=0)))
+    return out
+
+def phase_threshold(cases:list) -> float:
+    "Aorta HU between arterial and non-contrast: the midpoint of the two phases' mean aorta HU in `cases` (grid cases, true masks)."
+    hu = {p: [float(c.ct[c.masks['aorta']].mean()) for c in cases if phase_of(c.meta) == p and 'aorta' in c.masks]
+          for p in ('arterial', 'non-contrast')}
+    if not all(hu.values()): raise Text2CTError("phase_threshold needs cases of both the arterial and the non-contrast phase, with aorta masks.")
+    return float(np.mean(hu['arterial']) + np.mean(hu['non-contrast'])) / 2
+
+def read_attributes(r:dict, aorta_threshold:float) -> dict:
+    "A `judge_volume` reading in the prompts' terms."
+    return dict(organs_found=r['organs_found'], phase='arterial' if r['aorta_hu'] > aorta_threshold else 'non-contrast',
+                enlarged_spleen=r['spleen_enlarged'], liver_lesion=r['liver_lesion'],
+                size_band=None if r['liver_lesion_cm'] is None else size_band(r['liver_lesion_cm']))
+
+def agreement_table(expected:list, read:list, attributes=('organs_found', 'phase', 'enlarged_spleen', 'liver_lesion', 'size_band'),
+                    shuffles:int=2000, seed:int=0) -> pd.DataFrame:
+    "Per attribute: volumes, share read as the prompt said, and that share against shuffled prompts (the random-text baseline)."
+    rng, rows = np.random.default_rng(seed), {}
+    for a in attributes:
+        idx = [i for i, e in enumerate(expected) if e.get(a) is not None]
+        if not idx: continue
+        y, r = np.array([expected[i][a] for i in idx], object), np.array([read[i][a] for i in idx], object)
+        rows[a] = dict(volumes=len(idx), agreement=float(np.mean(y == r)),
+                       random_text=float(np.mean([np.mean(y[rng.permutation(len(y))] == r) for _ in range(shuffles)])))
+    return pd.DataFrame(rows).T
+
+# %% ../nbs/42_text2ct.ipynb #ba54021f
+def conditioning_dice(volumes:list, label_maps:list, judge:torch.nn.Module, classes=LABEL_CLASSES[:9]) -> pd.DataFrame:
+    "Per volume and organ: Dice of the judge's mask on the volume (a CTCase) to the label map's class."
+    rows = []
+    for v, lab in zip(volumes, label_maps):
+        m = predict(v, judge).masks
+        rows.append({o: dice(m[o] if o in m else np.zeros(v.shape, bool), lab == LABEL_CLASSES.index(o) + 1) for o in classes})
+    return pd.DataFrame(rows)

@@ -37,12 +37,16 @@ def test_output_shape_spacing_affine(model, cases):
     assert np.allclose(g.spacing, cfg.spacing) and np.allclose(g.affine, np.diag([*cfg.spacing, 1.0]))
     assert -1000 <= g.ct.min() and g.ct.max() <= 1000
     assert g.meta['prompt'] == PROMPT and g.meta['seed'] == 0 and g.meta['guidance'] == cfg.guidance
-    like = cases[0]   # with a label map's case: its orientation and origin, the grid's spacing
+    like = cases[0]   # with a label map's case: its orientation, centred on it, the grid's spacing
     gl = T.generate(PROMPT, model, seed=0, steps=5, labels=like)
-    assert np.allclose(gl.affine[:3, 3], like.affine[:3, 3])
     assert np.allclose(np.sign(gl.affine[:3, :3]), np.sign(like.affine[:3, :3]))
-    # the grid covers the case's field of view
-    assert np.allclose(np.array(gl.shape) * gl.spacing, np.array(like.shape) * like.spacing)
+    # the grid keeps its spacing (up to rounding) and is centred on the case, so sizes on it are sizes in the body
+    assert np.allclose(gl.spacing, cfg.spacing, rtol=0.05)
+    centre = lambda a, shape: (a @ np.r_[(np.array(shape) - 1) / 2, 1])[:3]
+    assert np.abs(centre(gl.affine, gl.shape) - centre(like.affine, like.shape)).max() < max(cfg.spacing)
+    lab = T.to_grid(like, cfg)[1]
+    ml = lambda m, a: m.sum() * abs(np.linalg.det(a[:3, :3])) / 1000
+    assert abs(ml(lab == 2, gl.affine) / ml(like.masks['spleen'], like.affine) - 1) < 0.1   # the spleen's volume kept
 
 
 def test_autoencoder_error_falls_with_training(cases):
@@ -179,3 +183,85 @@ def test_cli_train_and_generate(cases, tmp_path, capsys):
     write_case(cases[0], tmp_path / 'notruth' / 'BDMAP_00000001', overwrite=True)
     assert cli(['text2ct', 'train', str(tmp_path / 'notruth'), '--out', str(tmp_path / 'm2')]) == 1
     assert 'prompt.txt' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('scheduler', ['ddpm', 'rflow'])
+def test_sampler_lands_on_the_target_of_an_exact_model(scheduler, monkeypatch):
+    """A U-Net that knows the answer z* (the clean latent for DDPM 'sample', the exact velocity for the
+    rectified flow) must be sampled onto z*: the timesteps run the right way and each step moves the right way."""
+    cfg = T.text2ct_config(scheduler=scheduler)
+    m = T.Text2CT(cfg).eval()
+    target = torch.randn((1, *cfg.latent_shape), generator=torch.Generator().manual_seed(9))
+    def exact(x, t, labels_ch, context):
+        if scheduler == 'ddpm': return target.expand_as(x)
+        s = (t.float() / cfg.timesteps).view(-1, 1, 1, 1, 1)        # x_t = (1 - s) z* + s noise, so v = z* - noise = (z* - x_t) / s
+        return (target - x) / s.clamp_min(1e-6)
+    monkeypatch.setattr(m, 'forward', exact)
+    ctx = T.encode_prompts([PROMPT], cfg)
+    for steps in (3, 10):
+        z = T.sample_latents(m, ctx, m.label_channels(None, 1), seed=0, guidance=3.0, steps=steps)
+        assert torch.allclose(z, target, atol=1e-3), (scheduler, steps, float((z - target).abs().max()))
+
+
+def test_rflow_trains_and_keeps_the_guarantees(cases):
+    cfg = T.text2ct_config(scheduler='rflow', **FAST)
+    m = T.train_text2ct(cases, cfg)
+    assert np.mean(m.history['ldm'][-10:]) < np.mean(m.history['ldm'][:10])
+    a, b = T.generate(PROMPT, m, seed=1, steps=4), T.generate(PROMPT, m, seed=1, steps=4)
+    assert np.array_equal(a.ct, b.ct) and a.shape == cfg.shape
+    g0 = [T.generate(t, m, seed=1, guidance=0, steps=4).ct for t in (PROMPT, 'CT scan of the abdomen of a man. No mass.')]
+    assert np.array_equal(*g0) and not np.array_equal(a.ct, g0[0])
+    assert T.text2ct_config('published').scheduler == 'rflow'
+    with pytest.raises(T.Text2CTError, match='scheduler'): T.text2ct_config(scheduler='ddim')
+
+
+def test_every_phantom_phase_reaches_the_prompt():
+    from abdomen_nb.phantom import PHASES
+    facts = dict(sex='F', age=50, enlarged=[], lesions=[])
+    for ph in PHASES:
+        t = T.render_prompt({**facts, 'phase': ph}, np.random.default_rng(0), drop=0)
+        assert any(w in t for w in T.PHASE_WORDS[ph]), (ph, t)
+    c = make_case(7, size='mini', phase='portal venous', tumors='none')
+    for recorded in ('portal venous', 'portal_venous', 'venous', 'PORTAL VENOUS'):
+        c.meta['truth'] = {**c.meta['truth'], 'phase': recorded}
+        assert T.case_facts(c)['phase'] == 'portal venous', recorded
+
+
+def test_cohort_is_balanced_by_its_recorded_truth():
+    cs = T.cohort(range(600, 608))
+    t = [c.meta['truth'] for c in cs]
+    phases = [x['phase'] for x in t]
+    assert sorted(phases) == sorted(['non-contrast', 'arterial', 'portal venous', 'delayed'] * 2)
+    tumor = [bool(x['lesions']) for x in t]
+    spleen = [bool(x['organs']['spleen']['enlarged']) for x in t]
+    assert sum(tumor) == 4 and sum(spleen) == 4
+    for ph in set(phases):                      # each phase: one case with and one without a tumor, one enlarged spleen
+        i = [k for k, p in enumerate(phases) if p == ph]
+        assert sorted(tumor[k] for k in i) == [False, True] and sorted(spleen[k] for k in i) == [False, True]
+
+
+def test_judge_reads_grid_cases_and_tables_score_agreement():
+    cfg = T.text2ct_config()
+    cs = T.cohort(range(610, 614))
+    g = T.grid_case(cs[0], cfg)
+    assert g.shape == cfg.shape and np.allclose(g.spacing, cfg.spacing, rtol=0.05) and 'liver' in g.masks
+    assert 'liver_lesion' in T.grid_case(T.cohort(range(610, 615))[4], cfg).masks
+    thr = T.phase_threshold([T.grid_case(c, cfg) for c in cs])          # cases 0 (non-contrast) and 1 (arterial)
+    aorta = [float(T.grid_case(c, cfg).ct[T.grid_case(c, cfg).masks['aorta']].mean()) for c in cs[:2]]
+    assert min(aorta) < thr < max(aorta)
+    with pytest.raises(T.Text2CTError, match='both'): T.phase_threshold([g])
+    judge = T.train_judge(cs[:2], cfg, iterations=20)
+    r = T.judge_volume(g, judge)
+    assert set(r) >= {'organs_found', 'spleen_cm3', 'spleen_enlarged', 'liver_lesion', 'aorta_hu'}
+    a = T.read_attributes(r, thr)
+    assert a['phase'] in ('arterial', 'non-contrast') and a['size_band'] in (None, '< 2 cm', '2-5 cm', '> 5 cm')
+    d = T.conditioning_dice([g], [T.to_grid(cs[0], cfg)[1]], judge)
+    assert d.shape == (1, 9) and ((d >= 0) & (d <= 1)).all().all()
+    exp = [{'x': True}, {'x': False}] * 5
+    tab = T.agreement_table(exp, exp, attributes=('x',))
+    assert tab.loc['x', 'agreement'] == 1.0 and 0.4 < tab.loc['x', 'random_text'] < 0.65
+    flipped = T.agreement_table(exp, [{'x': not e['x']} for e in exp], attributes=('x',))
+    assert flipped.loc['x', 'agreement'] == 0.0
+    p = T.agreement_prompts()
+    assert len(p) == 12 and all(('metastasis' in q['text']) == q['liver_lesion'] for q in p)
+    assert all(('arterial' in q['text']) == (q['phase'] == 'arterial') for q in p)
