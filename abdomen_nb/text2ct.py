@@ -287,16 +287,17 @@ def n_params(m) -> int: return sum(p.numel() for p in m.parameters())
 COHORT_TUMOR = {'organ': 'liver', 'type': 'metastasis'}
 
 def cohort_design(i:int) -> dict:
-    "The i-th case of the balanced design: phase, liver metastasis or not, enlarged spleen or not."
-    j = i % 8
-    return dict(phase=PHASES[j % 4], tumor=bool((j // 4) % 2), enlarged_spleen=bool((j + j // 4 + i // 8) % 2))
+    "The i-th case of the balanced design: phase, liver metastasis (None, or its diameter in mm), enlarged spleen or not."
+    j, r = i % 8, (i // 8) % 2
+    size = (70.0 if (r + j // 2) % 2 else 30.0) if (j // 4) % 2 else None
+    return dict(phase=PHASES[j % 4], tumor=size, enlarged_spleen=bool((j + j // 4 + r) % 2))
 
 def cohort(seeds, size='mini') -> list:
     "Phantoms by `cohort_design` (the i-th seed gets the i-th design), each with its truth for the prompts."
     out = []
     for i, s in enumerate(seeds):
         d = cohort_design(i)
-        out.append(make_case(s, size=size, phase=d['phase'], tumors=[dict(COHORT_TUMOR)] if d['tumor'] else 'none',
+        out.append(make_case(s, size=size, phase=d['phase'], tumors=[dict(COHORT_TUMOR, diameter_mm=d['tumor'])] if d['tumor'] else 'none',
                              patient={'enlarged': ['spleen'] if d['enlarged_spleen'] else []}))
     return out
 
@@ -661,7 +662,7 @@ def judge_volume(case:CTCase, judge:torch.nn.Module, min_organ_cm3:float=5.0) ->
                 aorta_hu=float(case.ct[aorta].mean()) if aorta is not None and aorta.any() else float('nan'), masks=pred.masks)
 
 # %% ../nbs/42_text2ct.ipynb #942476f1
-def agreement_prompts(sizes_cm=(1.5, 6.0), seed:int=0) -> list:
+def agreement_prompts(sizes_cm=(3.0, 7.0), seed:int=0) -> list:
     "Prompts of phase (non-contrast / arterial) x spleen (normal / enlarged) x liver metastasis (none / each size), with their facts."
     out = []
     for k, (ph, big, cm) in enumerate(itertools.product(('non-contrast', 'arterial'), (False, True), (None, *sizes_cm))):

@@ -238,6 +238,8 @@ def test_cohort_is_balanced_by_its_recorded_truth():
     for ph in set(phases):                      # each phase: one case with and one without a tumor, one enlarged spleen
         i = [k for k, p in enumerate(phases) if p == ph]
         assert sorted(tumor[k] for k in i) == [False, True] and sorted(spleen[k] for k in i) == [False, True]
+    sizes = sorted(round(x['lesions'][0]['longest_diameter_mm'] / 10) for x in t if x['lesions'])
+    assert sizes == [3, 3, 7, 7], sizes                # the two sizes of the design, twice each
 
 
 def test_judge_reads_grid_cases_and_tables_score_agreement():
