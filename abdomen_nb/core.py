@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #5fd55eb7
 from __future__ import annotations
-import difflib, gzip, io, json, os, re, tempfile, warnings, zlib
+import difflib, gzip, io, json, os, re, shutil, tempfile, warnings, zlib
 from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +30,10 @@ __all__ = ['ATLAS_1_0', 'ATLAS_1_1', 'TOUCHSTONE_CLASSES', 'LESION_TYPES', 'LESI
            'VolumeTooLargeError', 'OutputExistsError', 'MissingStructureError', 'ImplausibleHUWarning',
            'UnknownStructureWarning', 'atlas_name', 'check_structure_name', 'hu_window', 'apply_window',
            'spacing_from_affine', 'check_spacing', 'bbox', 'dice', 'BoxedMask', 'Masks', 'CTCase', 'orientation',
-           'to_ras', 'from_ras', 'load_nifti', 'read_nifti', 'atomic_write', 'save_nifti', 'write_json', 'check_ct',
-           'check_mask', 'is_binary', 'check_same_grid', 'validate_case', 'check_masks', 'safe_case_dir', 'list_masks',
-           'read_case', 'labels_to_masks', 'combined_labels', 'write_case', 'AtlasDataset', 'read_totalseg',
-           'resample_array', 'resample_case']
+           'to_ras', 'from_ras', 'load_nifti', 'read_nifti', 'atomic_write', 'save_nifti', 'write_json',
+           'atomic_folder', 'check_ct', 'check_mask', 'is_binary', 'check_same_grid', 'validate_case', 'check_masks',
+           'safe_case_dir', 'list_masks', 'read_case', 'labels_to_masks', 'combined_labels', 'write_case',
+           'AtlasDataset', 'read_totalseg', 'resample_array', 'resample_case']
 
 # %% ../nbs/00_core.ipynb #a215030b
 class AbdomenNBError(Exception):
@@ -543,6 +543,23 @@ def _json_default(o):
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f'{type(o).__name__} is not JSON serialisable')
+
+# %% ../nbs/00_core.ipynb #e6e0324c
+def atomic_folder(path, write_fn, overwrite:bool=False) -> Path:
+    "Call `write_fn(tmp_dir)` on a temporary sibling folder, then rename it onto `path` (replacing it only if `overwrite`)."
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{path} exists and is not empty; choose another folder or pass overwrite=True.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
+    try:
+        write_fn(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; a plain mkdir would honour the umask
+        if path.exists(): shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return path
 
 # %% ../nbs/00_core.ipynb #9b76ca32
 HU_RANGE = (-1100.0, 3100.0)  # outside this the volume is probably not calibrated in HU

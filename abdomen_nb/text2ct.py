@@ -4,7 +4,7 @@
 
 # %% ../nbs/42_text2ct.ipynb #c91e6add
 from __future__ import annotations
-import argparse, hashlib, itertools, json, re, shutil, sys, tempfile, time, warnings
+import argparse, hashlib, itertools, json, re, sys, time, warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
-from .core import (LESION_UNIONS, AbdomenNBError, AtlasDataset, CTCase, MissingFileError, OutputExistsError, dice,
+from .core import (LESION_UNIONS, AbdomenNBError, AtlasDataset, CTCase, MissingFileError, OutputExistsError, atomic_folder, dice,
                              read_case, write_case, write_json)
 from .measure import ORGAN_RULES, MeasurementWarning, measure_case, phase_of
 from .phantom import PHASES, make_case
@@ -454,19 +454,10 @@ FORMAT = 1
 
 def save_text2ct(model:Text2CT, folder, overwrite:bool=False) -> Path:
     "Write `config.json` + `weights.pt` into `folder` (a temporary sibling renamed at the end: never half a model)."
-    out = Path(folder)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True (--overwrite).")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-    try:
+    def write(tmp):
         torch.save(model.state_dict(), tmp / 'weights.pt')
         write_json(dict(format=FORMAT, config=asdict(model.cfg), history=model.history), tmp / 'config.json')
-        if out.exists(): shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return out
+    return atomic_folder(folder, write, overwrite)
 
 def load_text2ct(folder) -> Text2CT:
     "A saved model folder -> `Text2CT`, ready to sample."

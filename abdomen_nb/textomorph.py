@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_textomorph.ipynb #f0a81bb1
 from __future__ import annotations
-import argparse, copy, hashlib, json, math, os, re, shutil, sys, tempfile, time
+import argparse, copy, hashlib, json, math, os, re, sys, time
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from .core import (AbdomenNBError, AtlasDataset, CTCase, MissingFileError, OutputExistsError, bbox,
+from .core import (AbdomenNBError, AtlasDataset, CTCase, MissingFileError, OutputExistsError, atomic_folder, bbox,
                              write_json)
 from .measure import attenuation as attenuation_word
 from .phantom import make_case
@@ -499,15 +499,7 @@ def load_textomorph(folder) -> TextoMorph:
 
 def save_new(model:TextoMorph, out, training:bool=True) -> Path:
     "Save into a temporary sibling folder, then rename it to `out`: a killed run never leaves half a model."
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-    try:
-        save_textomorph(model, tmp, training=training)
-        if out.exists(): shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return out
+    return atomic_folder(out, lambda tmp: save_textomorph(model, tmp, training=training), overwrite=True)
 
 TINY_SEEDS = tuple(range(100, 108))   # the healthy phantoms the default model trains on (no chapter or test uses them)
 
