@@ -81,11 +81,12 @@ def test_outputs_are_byte_identical_for_one_and_two_workers(tmp_path):
 
 
 CLIENT = textwrap.dedent('''
-    import functools, sys
+    import functools, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # a job started in the background inherits SIGINT ignored
     sys.path.insert(0, {tests!r})
     from test_batch import job, IDS
     from abdomen_nb.batch import run_batch
-    run_batch(IDS, functools.partial(job, out={out!r}, sleep=3.0), {out!r}, workers=2, progress=False)
+    run_batch(IDS, functools.partial(job, out={out!r}, sleep=1.0), {out!r}, workers=2, progress=False)
 ''')
 
 
@@ -98,7 +99,7 @@ def test_resume_after_the_client_is_interrupted(tmp_path):
         while time.time() - t0 < 120:                   # wait until two cases are recorded as done
             if len(read_manifest(out)) >= 2: break
             time.sleep(0.2)
-        p.send_signal(signal.SIGINT)                    # Ctrl-C: the client stops mid-run (3 s cases leave room for a loaded machine)
+        p.send_signal(signal.SIGINT)                    # Ctrl-C: the client stops mid-run
         p.wait(timeout=60)
     finally:
         try: os.killpg(p.pid, signal.SIGKILL)          # whatever of that run is left (its own session)
